@@ -1,0 +1,5 @@
+import sys
+
+from dglsp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,198 @@
+"""Command line: `dglsp serve`, `dglsp complete FILE:LINE:COL`, `dglsp train`, `dglsp eval`.
+
+Settings given here use the same validation as the editor's settings (`config.py`).
+In `serve` over stdio, stdout belongs to the protocol: logs go to stderr or a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from dglsp import __version__
+from dglsp.config import Settings
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", help="Hugging Face id or local model directory (default: the embedded model "
+                       "shipped in the package); weights load from safetensors only")
+    group.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    group.add_argument("--dtype", default="auto", help="auto (bfloat16 on cuda, float32 elsewhere), float32, "
+                       "bfloat16 or float16")
+    group.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="allow a model directory to run its own Python code (off unless you pass this)")
+    group.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start-up")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--canvas-length", type=int, help="tokens per canvas (default 32)")
+    sampling.add_argument("--steps", type=int, help="maximum denoising steps per canvas (default 24)")
+    sampling.add_argument("--max-canvases", type=int, help="canvases chained per completion (default 1)")
+    sampling.add_argument("--seed", type=int, help="fixed sampling seed (reproducible suggestions)")
+    sampling.add_argument("--settings", help="JSON object of settings, in the editor's shape, e.g. "
+                          "'{\"context\": {\"max_prefix_tokens\": 1024}}'")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-file", help="write the log here instead of stderr")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    options: dict = json.loads(args.settings) if args.settings else {}
+    engine = options.setdefault("engine", {})
+    engine.update(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads,
+                  trust_remote_code=args.trust_remote_code, warmup=not args.no_warmup)
+    sampler = options.setdefault("sampler", {})
+    for key, value in (("canvas_length", args.canvas_length), ("max_steps", args.steps),
+                       ("max_canvases", args.max_canvases), ("seed", args.seed)):
+        if value is not None:
+            sampler[key] = value
+    settings, warnings = Settings().updated(options)
+    if warnings:
+        raise SystemExit("dglsp: " + "; ".join(warnings))
+    return settings
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # transformers' progress bars and advice go to stderr; keep them quiet unless debugging.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dglsp.server import build_server
+
+    server = build_server(settings_from_args(args))
+    server.start_loading()
+    if args.tcp is not None:
+        # Loopback only: a completion server reads your code; it must not listen on the network.
+        server.start_tcp("127.0.0.1", args.tcp)
+    else:
+        server.start_io()
+    server.scheduler.shutdown()
+    return 0
+
+
+def parse_location(location: str) -> tuple[Path, int, int]:
+    """FILE:LINE:COL with 1-based line and column (in characters), as compilers print them."""
+    try:
+        file, line, column = location.rsplit(":", 2)
+        return Path(file), int(line), int(column)
+    except ValueError:
+        raise SystemExit(f"dglsp complete: expected FILE:LINE:COL (1-based), got {location!r}") from None
+
+
+def offset_of(text: str, line: int, column: int) -> int:
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        raise SystemExit(f"dglsp complete: line {line} is outside the file (1..{len(lines)})")
+    if not 1 <= column <= len(lines[line - 1]) + 1:
+        raise SystemExit(f"dglsp complete: column {column} is outside line {line} (1..{len(lines[line - 1]) + 1})")
+    return sum(len(text_line) + 1 for text_line in lines[: line - 1]) + column - 1
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from dglsp.completer import Completer
+    from dglsp.engine import Engine, load_bundle
+    from dglsp.errors import DglspError
+
+    path, line, column = parse_location(args.location)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise SystemExit(f"dglsp complete: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"dglsp complete: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    offset = offset_of(text, line, column)
+    settings = settings_from_args(args)
+    begin = time.perf_counter()
+    try:
+        bundle = load_bundle(settings.engine)
+    except DglspError as exc:
+        raise SystemExit(f"dglsp: {exc}") from None
+    load_s = time.perf_counter() - begin
+    engine = Engine(bundle)
+    completer = Completer(bundle, engine)
+    if settings.engine.warmup:
+        completer.complete(completer.context_at(text, offset, settings), settings)
+    context = completer.context_at(text, offset, settings, str(path), args.language or _language_of(path))
+    suggestion = completer.complete(context, settings)
+    if args.json:
+        stats = suggestion.stats
+        print(json.dumps({
+            "text": suggestion.text, "raw": suggestion.raw, "model": str(bundle.path), "device": str(bundle.device),
+            "load_s": round(load_s, 2), "prompt_ms": suggestion.prompt_ms, "prefill_tokens": stats.prefill_tokens,
+            "prefill_ms": stats.prefill_ms, "steps": stats.steps, "ms_per_step": stats.ms_per_step,
+            "forward_passes": stats.forward_passes, "tokens_per_forward": stats.tokens_per_forward,
+            "postprocess_ms": suggestion.postprocess_ms, "total_ms": suggestion.total_ms,
+        }, indent=2))
+        return 0
+    before = context.prefix.rsplit("\n", 1)[-1]
+    print(f"# {path}:{line}:{column}  model {bundle.path.name} on {bundle.device} (loaded in {load_s:.1f} s)")
+    print(f"# cursor line: {before!r} | {context.suffix.split(chr(10), 1)[0]!r}")
+    if suggestion.text is None:
+        print("# no suggestion (the model produced nothing worth showing)")
+        print(f"# raw output: {suggestion.raw!r}")
+    else:
+        print(suggestion.text)
+    print(f"# {suggestion.timings()}")
+    return 0
+
+
+LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".go": "go", ".rs": "rust", ".c": "c",
+             ".h": "c", ".cpp": "cpp", ".java": "java", ".lua": "lua"}
+
+
+def _language_of(path: Path) -> str:
+    # Only for the command line: the server takes the language from the editor's languageId.
+    return LANGUAGES.get(path.suffix, "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dglsp", description="Editor autocomplete by block diffusion "
+                                     "(DiffusionGemma), served over the Language Server Protocol.")
+    parser.add_argument("--version", action="version", version=f"dglsp {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the language server (stdio by default)",
+                                description="Run the language server. Editors start it and talk LSP over stdio.")
+    serve.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of stdio")
+    _add_model_options(serve)
+    serve.set_defaults(func=cmd_serve)
+    complete = commands.add_parser("complete", help="print the completion the server would offer at FILE:LINE:COL",
+                                   description="Print the completion at FILE:LINE:COL (1-based) with its timings.")
+    complete.add_argument("location", metavar="FILE:LINE:COL")
+    complete.add_argument("--language", help="language id (default: from the file extension)")
+    complete.add_argument("--json", action="store_true", help="print the suggestion and timings as JSON")
+    _add_model_options(complete)
+    complete.set_defaults(func=cmd_complete)
+    commands.add_parser("train", help="train the embedded model (see `dglsp train --help`)", add_help=False)
+    commands.add_parser("eval", help="evaluate a model on HumanEval-Infilling (see `dglsp eval --help`)",
+                        add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # train/eval own their parsers (they have many options of their own).
+    if argv and argv[0] == "train":
+        from dglsp.train import main_train
+
+        return main_train(argv[1:])
+    if argv and argv[0] == "eval":
+        from dglsp.evaluate import main_eval
+
+        return main_eval(argv[1:])
+    args = build_parser().parse_args(argv)
+    _setup_logging(args)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

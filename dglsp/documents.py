@@ -1,0 +1,79 @@
+"""The document store's read side: versioned snapshots and client positions turned into offsets.
+
+pygls keeps the open documents (full and incremental sync, applied in the negotiated
+position encoding). This module reads them for a request: it validates the document
+and the position, and turns a client position (UTF-16 code units by default, or
+UTF-8 / UTF-32 when negotiated) into a Python string offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+from lsprotocol import types
+from pygls.workspace import Workspace
+
+from dglsp.errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    uri: str
+    version: int
+    text: str
+    language_id: str
+
+    @property
+    def path(self) -> str:
+        parsed = urlparse(self.uri)
+        return unquote(parsed.path) if parsed.scheme == "file" else self.uri
+
+
+def snapshot(workspace: Workspace, uri: str) -> Snapshot:
+    """The current text of an open document; unknown documents are the client's error."""
+    if uri not in workspace.text_documents:
+        raise InvalidRequestError(f"document {uri} is not open (send textDocument/didOpen first)")
+    document = workspace.get_text_document(uri)
+    return Snapshot(uri, document.version or 0, document.source, document.language_id or "")
+
+
+def unit_length(char: str, encoding: str) -> int:
+    code_point = ord(char)
+    if encoding == types.PositionEncodingKind.Utf8:
+        return 1 if code_point < 0x80 else 2 if code_point < 0x800 else 3 if code_point < 0x10000 else 4
+    if encoding == types.PositionEncodingKind.Utf32:
+        return 1
+    return 2 if code_point > 0xFFFF else 1
+
+
+def offset_at(text: str, position: types.Position, encoding: str = types.PositionEncodingKind.Utf16) -> int:
+    """String offset of `position`. A line past the end is an error; a character past the end of
+    its line means the end of the line (as the LSP spec says); a position inside a multi-unit
+    character lands before that character."""
+    if position.line < 0 or position.character < 0:
+        raise InvalidRequestError(f"negative position {position.line}:{position.character}")
+    line_start = 0
+    for _ in range(position.line):
+        newline = _next_line_break(text, line_start)
+        if newline == -1:
+            raise InvalidRequestError(f"line {position.line} is past the end of the document")
+        line_start = newline + (2 if text.startswith("\r\n", newline) else 1)
+    line_end = _next_line_break(text, line_start)
+    line_end = len(text) if line_end == -1 else line_end
+    units = 0
+    offset = line_start
+    while offset < line_end:
+        width = unit_length(text[offset], encoding)
+        if units + width > position.character:
+            break
+        units += width
+        offset += 1
+    return offset
+
+
+def _next_line_break(text: str, start: int) -> int:
+    """Index of the next \\n, \\r\\n or lone \\r at or after `start` (-1 if none): LSP counts all three."""
+    newline = text.find("\n", start)
+    carriage = text.find("\r", start, newline if newline != -1 else len(text))
+    return carriage if carriage != -1 else newline

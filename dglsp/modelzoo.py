@@ -1,0 +1,178 @@
+"""Build small DiffusionGemma models and their tokenizer: the embedded default, and the test fixture.
+
+A model directory that dglsp loads holds `config.json`, `model.safetensors`,
+`generation_config.json`, `tokenizer.json` (+ `tokenizer_config.json`) and, for
+models we trained, `dglsp.json` with the prompt format (see `prompt.py`). The same
+loading code reads these and the released `google/diffusiongemma-26B-A4B-it`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    DiffusionGemmaConfig,
+    DiffusionGemmaForBlockDiffusion,
+    DiffusionGemmaTextConfig,
+    Gemma4VisionConfig,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+    DiffusionGemmaGenerationConfig,
+    EntropyBoundSamplerConfig,
+)
+
+from dglsp.config import SamplerSettings
+
+# Order matters: pad/eos/bos take ids 0/1/2, the ids DiffusionGemma's config expects.
+SPECIAL_TOKENS = {
+    "pad": "<pad>",
+    "eos": "<eos>",
+    "bos": "<bos>",
+    "file": "<|file|>",
+    "snippet": "<|snippet|>",
+    "suffix": "<|suffix|>",
+    "prefix": "<|prefix|>",
+    "middle": "<|middle|>",
+}
+
+EMBEDDED_MODEL_DIR = Path(__file__).parent / "embedded"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The shape of a small DiffusionGemma. Layer types follow Gemma's 5:1 sliding/full pattern."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int
+    num_experts: int
+    top_k_experts: int
+    moe_intermediate_size: int
+    sliding_window: int
+    canvas_length: int
+
+
+PRESETS: dict[str, Preset] = {
+    # Seconds to build; used by the test suite as "a real small DiffusionGemma".
+    "tiny": Preset(64, 2, 2, 1, 32, 128, 2, 1, 64, 64, 16),
+    # The embedded default: sized so a cold 1k-token completion stays well under 300 ms on 2 CPU cores.
+    "small": Preset(256, 6, 4, 2, 64, 768, 4, 2, 256, 512, 32),
+    "base": Preset(384, 8, 6, 2, 64, 1152, 4, 2, 384, 512, 32),
+}
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
+    """Byte-level BPE: every byte sequence round-trips, so any file can be encoded."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return wrap_tokenizer(tokenizer)
+
+
+def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=SPECIAL_TOKENS["bos"],
+        eos_token=SPECIAL_TOKENS["eos"],
+        pad_token=SPECIAL_TOKENS["pad"],
+        additional_special_tokens=[SPECIAL_TOKENS[k] for k in ("file", "snippet", "suffix", "prefix", "middle")],
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_config(preset: Preset, vocab_size: int) -> DiffusionGemmaConfig:
+    layer_types = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(preset.num_hidden_layers)]
+    layer_types[-1] = "full_attention"
+    text_config = DiffusionGemmaTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=preset.hidden_size,
+        intermediate_size=preset.intermediate_size,
+        num_hidden_layers=preset.num_hidden_layers,
+        num_attention_heads=preset.num_attention_heads,
+        num_key_value_heads=preset.num_key_value_heads,
+        head_dim=preset.head_dim,
+        global_head_dim=preset.head_dim,
+        num_global_key_value_heads=preset.num_key_value_heads,
+        num_experts=preset.num_experts,
+        top_k_experts=preset.top_k_experts,
+        moe_intermediate_size=preset.moe_intermediate_size,
+        sliding_window=preset.sliding_window,
+        layer_types=layer_types,
+        max_position_embeddings=32768,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    # Without an explicit tiny vision tower transformers builds a 167M-parameter one.
+    vision_config = Gemma4VisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1,
+        num_key_value_heads=1, head_dim=16,
+    )
+    return DiffusionGemmaConfig(
+        text_config=text_config, vision_config=vision_config, canvas_length=preset.canvas_length,
+    )
+
+
+def build_model(preset: Preset, vocab_size: int, seed: int = 0) -> DiffusionGemmaForBlockDiffusion:
+    torch.manual_seed(seed)
+    model = DiffusionGemmaForBlockDiffusion(build_config(preset, vocab_size))
+    return model.eval()
+
+
+def generation_config_for(
+    sampler: SamplerSettings, tokenizer: PreTrainedTokenizerFast
+) -> DiffusionGemmaGenerationConfig:
+    return DiffusionGemmaGenerationConfig(
+        max_new_tokens=sampler.canvas_length,
+        max_denoising_steps=sampler.max_steps,
+        sampler_config=EntropyBoundSamplerConfig(entropy_bound=float(sampler.entropy_bound)),
+        t_min=sampler.t_min,
+        t_max=sampler.t_max,
+        stability_threshold=sampler.stability_threshold,
+        confidence_threshold=sampler.confidence_threshold,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+
+
+def fim_format_spec() -> dict:
+    """The prompt format our own models are trained with (read back by `prompt.PromptFormat`)."""
+    return {"kind": "fim", "tokens": dict(SPECIAL_TOKENS)}
+
+
+def save_model_dir(
+    model: DiffusionGemmaForBlockDiffusion,
+    tokenizer: PreTrainedTokenizerFast,
+    out_dir: Path,
+    sampler: SamplerSettings | None = None,
+    dtype: torch.dtype | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a model directory dglsp (and transformers) can load: safetensors only."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sampler = sampler or SamplerSettings(canvas_length=model.config.canvas_length)
+    model.generation_config = generation_config_for(sampler, tokenizer)
+    to_save = model if dtype is None else model.to(dtype)
+    to_save.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    meta = {"prompt_format": fim_format_spec(), "sampler": asdict(sampler), **(extra or {})}
+    (out_dir / "dglsp.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir

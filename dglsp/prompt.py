@@ -1,0 +1,156 @@
+"""Prompt building: the text around the cursor, trimmed to a token budget, in the model's format.
+
+Two formats, chosen by the model directory (never by the server):
+
+* ``fim`` — our own models (`dglsp.json` says so). Token layout::
+
+      <bos> <|file|> path \\n <|suffix|> SUFFIX <|prefix|> PREFIX <|middle|>
+
+  and the canvas holds the middle, then EOS, then padding. `train.py` builds its
+  examples with `encode_fim` below, so training and serving cannot drift apart.
+* ``chat`` — instruction-tuned models such as `google/diffusiongemma-26B-A4B-it`: the
+  suffix, then the prefix ending at a cursor marker, inside a user turn that asks
+  for only the code at the cursor, rendered with the tokenizer's chat template.
+
+In both, the suffix comes *before* the prefix: typing at the cursor only appends to
+the prompt, so an encoder KV cache of the previous prompt stays valid up to the
+first changed token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from dglsp.config import ContextSettings
+
+CURSOR_MARKER = "<CURSOR>"
+CHAT_INSTRUCTION = (
+    "You are a code completion engine. Below is a source file split at the cursor: first the code "
+    "after the cursor, then the code before it, ending at {cursor}. Reply with only the code to insert "
+    "at {cursor}: no explanation, no code fences, nothing that is already there."
+)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    kind: str  # "fim" | "chat"
+    tokens: dict[str, str]
+
+    @classmethod
+    def for_model(cls, meta: dict, tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
+        spec = meta.get("prompt_format")
+        if spec:
+            if spec.get("kind") not in ("fim", "chat"):
+                raise ValueError(f"unknown prompt format {spec.get('kind')!r} in dglsp.json")
+            return cls(spec["kind"], dict(spec.get("tokens", {})))
+        if getattr(tokenizer, "chat_template", None):
+            return cls("chat", {})
+        raise ValueError("the model has neither a dglsp.json prompt format nor a chat template")
+
+
+@dataclass(frozen=True)
+class CursorContext:
+    """The text the prompt is built from: windows of the document around the cursor."""
+
+    prefix: str  # text before the cursor (a window ending at the cursor)
+    suffix: str  # text after the cursor (a window starting at the cursor)
+    path: str = ""
+    language_id: str = ""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    context: CursorContext  # the (possibly trimmed) text the ids were built from
+
+
+def cursor_windows(text: str, offset: int, settings: ContextSettings) -> tuple[str, str]:
+    """Character windows around `offset`, cut at line boundaries, sized from the token budgets.
+
+    Works on slices only, so a huge document costs nothing beyond the windows.
+    """
+    if not 0 <= offset <= len(text):
+        raise ValueError(f"cursor offset {offset} outside the document (length {len(text)})")
+    prefix_chars = settings.max_prefix_tokens * settings.chars_per_token
+    suffix_chars = settings.max_suffix_tokens * settings.chars_per_token
+    start = max(0, offset - prefix_chars)
+    if start > 0:
+        newline = text.find("\n", start, offset)
+        start = newline + 1 if newline != -1 else start
+    end = min(len(text), offset + suffix_chars)
+    if end < len(text):
+        newline = text.rfind("\n", offset, end)
+        end = newline + 1 if newline != -1 else end
+    return text[start:offset], text[offset:end]
+
+
+class PromptBuilder:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, settings: ContextSettings):
+        self.tokenizer = tokenizer
+        self.format = fmt
+        self.settings = settings
+
+    def build(self, context: CursorContext) -> Prompt:
+        prefix = trim_to_tokens(self.tokenizer, context.prefix, self.settings.max_prefix_tokens, keep="end")
+        suffix = trim_to_tokens(self.tokenizer, context.suffix, self.settings.max_suffix_tokens, keep="start")
+        trimmed = CursorContext(prefix, suffix, context.path, context.language_id)
+        if self.format.kind == "fim":
+            ids = encode_fim(self.tokenizer, self.format, trimmed)
+        else:
+            ids = encode_chat(self.tokenizer, trimmed)
+        return Prompt(ids, trimmed)
+
+
+def trim_to_tokens(tokenizer: PreTrainedTokenizerBase, text: str, budget: int, keep: str) -> str:
+    """Drop whole lines from the far end of `text` until it fits in `budget` tokens.
+
+    `keep="end"` keeps the end (the prefix: nearest the cursor); `keep="start"` keeps the start
+    (the suffix). A single line longer than the budget is cut mid-line as a last resort.
+    """
+    if budget <= 0 or not text:
+        return ""
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoding["offset_mapping"]
+    if len(offsets) <= budget:
+        return text
+    if keep == "end":
+        cut = offsets[len(offsets) - budget][0]
+        newline = text.find("\n", cut)
+        return text[newline + 1:] if newline != -1 and newline + 1 < len(text) else text[cut:]
+    cut = offsets[budget][0]
+    newline = text.rfind("\n", 0, cut)
+    return text[:newline + 1] if newline > 0 else text[:cut]
+
+
+def encode_fim(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, context: CursorContext) -> list[int]:
+    special = fmt.tokens
+
+    def token(name: str) -> list[int]:
+        return [tokenizer.convert_tokens_to_ids(special[name])]
+
+    def text(value: str) -> list[int]:
+        return tokenizer.encode(value, add_special_tokens=False) if value else []
+
+    header = f"{context.path or 'untitled'}\n"
+    return (
+        token("bos") + token("file") + text(header)
+        + token("suffix") + text(context.suffix)
+        + token("prefix") + text(context.prefix)
+        + token("middle")
+    )
+
+
+def encode_chat(tokenizer: PreTrainedTokenizerBase, context: CursorContext) -> list[int]:
+    language = context.language_id or "code"
+    content = (
+        CHAT_INSTRUCTION.format(cursor=CURSOR_MARKER)
+        + f"\n\nFile: {context.path or 'untitled'} ({language})\n\nCode after the cursor:\n```\n{context.suffix}\n```"
+        + f"\n\nCode before the cursor:\n```\n{context.prefix}{CURSOR_MARKER}"
+    )
+    messages = [{"role": "user", "content": content}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict):  # some tokenizers return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)

@@ -1,0 +1,120 @@
+"""The block-diffusion denoising loop for one canvas: a plain loop over tensors.
+
+It follows DiffusionGemma's rule as transformers implements it in
+`generation_diffusion_gemma.py` (`_denoising_step`, `EntropyBoundSampler`,
+`LinearTemperatureScheduleLogitsProcessor`, `StableAndConfidentStoppingCriteria`),
+and with the same seed it reproduces `generate()` token for token. What it adds:
+a stop flag checked after every denoising step, a callback that sees each
+intermediate canvas, and stats.
+
+It knows nothing about transformers: the caller passes `denoise(canvas, self_cond)`,
+one decoder forward over the canvas returning raw logits `[1, L, V]`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dglsp.config import SamplerSettings
+
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+StepCallback = Callable[[int, torch.Tensor], None]
+
+
+@dataclass
+class CanvasResult:
+    tokens: torch.Tensor  # [1, L] argmax canvas: the committed block
+    steps: int  # decoder forward passes spent on it
+    stopped: bool  # the stop flag ended it before the schedule did
+    converged: bool  # the stable-and-confident criterion ended it
+    ms: float
+
+
+def temperature_at(step_remaining: int, settings: SamplerSettings) -> torch.Tensor:
+    """Linear schedule from t_max (first step) to t_min; steps count down N..1 as in transformers.
+
+    Computed in float32 from an int32 step exactly as transformers does, so the division by it
+    rounds the same way (a float64 Python temperature differs in the last bit).
+    """
+    step = torch.tensor(step_remaining, dtype=torch.int32)
+    return settings.t_min + (settings.t_max - settings.t_min) * (step / settings.max_steps)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    # The same computation as torch.distributions.Categorical(logits=...).entropy(), which transformers
+    # uses; reimplementing it differently would change acceptance on ties and break bit-exactness.
+    return torch.distributions.Categorical(logits=logits).entropy()
+
+
+def entropy_bounded_accept(entropy: torch.Tensor, entropy_bound: float) -> torch.Tensor:
+    """Accept the k lowest-entropy positions with sum(H) - max(H) <= bound (arXiv 2505.24857)."""
+    sorted_entropy, order = torch.sort(entropy, dim=-1, descending=False)
+    selected = torch.cumsum(sorted_entropy, dim=-1) - sorted_entropy <= entropy_bound
+    return torch.scatter(torch.zeros_like(selected), dim=-1, index=order, src=selected)
+
+
+def denoise_canvas(
+    denoise: DenoiseFn,
+    settings: SamplerSettings,
+    vocab_size: int,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_step: StepCallback | None = None,
+    deadline: float | None = None,
+) -> CanvasResult:
+    """Denoise one canvas of `settings.canvas_length` tokens from uniform noise.
+
+    `deadline` (a `time.monotonic()` value) ends the loop like the stop flag does, but the
+    best canvas so far is still returned (`stopped` stays False): callers use it as the draft.
+    """
+    assert settings.canvas_length > 0 and settings.max_steps > 0
+    start = time.perf_counter()
+    shape = (1, settings.canvas_length)
+    canvas = torch.randint(0, vocab_size, shape, device=device, generator=generator)  # [1, L]
+    argmax_canvas = canvas
+    self_conditioning: torch.Tensor | None = None
+    history = torch.full((settings.stability_threshold, *shape), -1, dtype=torch.long, device=device)
+    steps = 0
+    converged = stopped = False
+    for step_remaining in range(settings.max_steps, 0, -1):
+        temperature = temperature_at(step_remaining, settings).to(device)
+        logits = denoise(canvas, self_conditioning) / temperature  # [1, L, V]
+        steps += 1
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        sampled = torch.multinomial(probs.view(-1, vocab_size), 1, generator=generator).view(shape)
+        argmax_canvas = torch.argmax(logits, dim=-1)
+        entropy = token_entropy(logits)  # [1, L]
+        accepted = entropy_bounded_accept(entropy, settings.entropy_bound)
+        noise = torch.randint(0, vocab_size, shape, device=device, generator=generator)
+        canvas = torch.where(accepted, sampled, canvas)
+        canvas = torch.where(~accepted, noise, canvas)
+        converged = _stable_and_confident(history, argmax_canvas, entropy, settings)
+        self_conditioning = logits
+        if on_step is not None:
+            on_step(steps, argmax_canvas)
+        if converged:
+            break
+        if should_stop():
+            stopped = True
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+    return CanvasResult(argmax_canvas, steps, stopped, converged, (time.perf_counter() - start) * 1000)
+
+
+def _stable_and_confident(
+    history: torch.Tensor, argmax_canvas: torch.Tensor, entropy: torch.Tensor, settings: SamplerSettings
+) -> bool:
+    """transformers' StableAndConfidentStoppingCriteria; `history` is updated in place."""
+    if settings.stability_threshold == 0:
+        stable = True
+    else:
+        stable = bool((history == argmax_canvas[None]).all())
+        history[:-1] = history[1:].clone()
+        history[-1] = argmax_canvas
+    return stable and bool(entropy.mean() < settings.confidence_threshold)

@@ -1,0 +1,42 @@
+"""Shared fixtures: a real small DiffusionGemma, built from a config and saved as safetensors.
+
+No fake model: the tokenizer is a byte-level BPE trained on a few standard-library files
+and the weights are a randomly initialised `DiffusionGemmaForBlockDiffusion` of the
+"tiny" preset, written and loaded through the same code as any model directory.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from dglsp import modelzoo
+
+
+def stdlib_texts(limit: int = 40) -> list[str]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(stdlib.glob("*.py"))[:limit]
+    return [f.read_text(encoding="utf-8", errors="replace") for f in files]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return modelzoo.train_tokenizer(stdlib_texts(), vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    model = modelzoo.build_model(modelzoo.PRESETS["tiny"], len(tiny_tokenizer), seed=0)
+    return modelzoo.save_model_dir(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny-model"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

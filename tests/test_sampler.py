@@ -1,0 +1,123 @@
+"""The denoising loop: exactness against transformers, determinism, stop flag, deadline, stats."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from dglsp import modelzoo
+from dglsp.config import EngineSettings, SamplerSettings
+from dglsp.engine import Engine, load_bundle
+from dglsp.sampler import denoise_canvas, entropy_bounded_accept
+
+VOCAB = 11
+
+
+def scripted_denoiser(target: list[int], confidence: float = 30.0):
+    """A scripted decoder: always predicts `target` with the given logit margin."""
+
+    def denoise(canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
+        logits = torch.zeros(1, canvas.shape[1], VOCAB)
+        logits[0, torch.arange(len(target)), torch.tensor(target)] = confidence
+        return logits
+
+    return denoise
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir) -> Engine:
+    return Engine(load_bundle(EngineSettings(model=str(tiny_model_dir))))
+
+
+@pytest.mark.parametrize("seed,steps", [(0, 6), (1, 24), (7, 48)])
+def test_matches_transformers_generate_token_for_token(engine, seed, steps):
+    tokenizer = engine.bundle.tokenizer
+    prompt = tokenizer.encode("def add(a, b):\n    return a +", add_special_tokens=False)
+    settings = SamplerSettings(canvas_length=engine.default_canvas_length, max_steps=steps, seed=seed)
+    ours = engine.generate(prompt, settings)
+
+    torch.manual_seed(seed)
+    reference = engine.model.generate(
+        torch.tensor([prompt]), generation_config=modelzoo.generation_config_for(settings, tokenizer)
+    )
+    expected = reference.sequences[0, len(prompt):].tolist()
+    eos = tokenizer.eos_token_id
+    expected = expected[: expected.index(eos)] if eos in expected else expected
+    assert ours.token_ids == expected
+    assert ours.stats.steps >= 1
+
+
+def test_same_seed_same_tokens_other_seed_differs(engine):
+    prompt = engine.bundle.tokenizer.encode("import os\n", add_special_tokens=False)
+    first = engine.generate(prompt, SamplerSettings(canvas_length=16, max_steps=8, seed=3))
+    again = engine.generate(prompt, SamplerSettings(canvas_length=16, max_steps=8, seed=3))
+    other = engine.generate(prompt, SamplerSettings(canvas_length=16, max_steps=8, seed=4))
+    assert first.token_ids == again.token_ids
+    assert first.token_ids != other.token_ids
+
+
+def test_stop_flag_is_checked_after_every_step():
+    calls = []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    result = denoise_canvas(scripted_denoiser([1] * 8, confidence=0.0), SamplerSettings(canvas_length=8, max_steps=50),
+                            VOCAB, torch.device("cpu"), should_stop=should_stop)
+    assert result.stopped
+    assert result.steps == 3
+
+
+def test_confident_scripted_model_converges_early_to_its_target():
+    target = [3, 1, 4, 1, 5, 9, 2, 6]
+    seen = []
+    result = denoise_canvas(scripted_denoiser(target), SamplerSettings(canvas_length=8, max_steps=40),
+                            VOCAB, torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+                            on_step=lambda step, canvas: seen.append(step))
+    assert result.tokens[0].tolist() == target
+    assert result.converged and not result.stopped
+    # stability_threshold=1: step 1 fills the history, step 2 sees the same argmax and stops.
+    assert result.steps == 2
+    assert seen == [1, 2]
+
+
+def test_uncertain_model_runs_the_full_schedule():
+    result = denoise_canvas(scripted_denoiser([0] * 8, confidence=0.0), SamplerSettings(canvas_length=8, max_steps=7),
+                            VOCAB, torch.device("cpu"))
+    assert result.steps == 7 and not result.converged
+
+
+def test_deadline_returns_the_draft_instead_of_nothing():
+    result = denoise_canvas(scripted_denoiser([2] * 8, confidence=0.0), SamplerSettings(canvas_length=8, max_steps=500),
+                            VOCAB, torch.device("cpu"), deadline=time.monotonic() - 1)
+    assert result.steps == 1 and not result.stopped
+    assert result.tokens.shape == (1, 8)
+
+
+def test_entropy_bound_accepts_lowest_entropy_positions_within_bound():
+    entropy = torch.tensor([[0.5, 0.01, 0.02, 3.0]])
+    accepted = entropy_bounded_accept(entropy, 0.1)
+    # sorted: 0.01, 0.02, 0.5, 3.0 -> cumsum minus max: 0, 0.01, 0.03, 0.53 -> accept first three
+    assert accepted.tolist() == [[True, True, True, False]]
+
+
+def test_multi_canvas_generation_chains_blocks(engine):
+    prompt = engine.bundle.tokenizer.encode("x = 1\n", add_special_tokens=False)
+    settings = SamplerSettings(canvas_length=8, max_steps=3, max_canvases=3, seed=0)
+    result = engine.generate(prompt, settings)
+    assert 1 <= result.stats.canvases <= 3
+    if not result.finished:
+        assert result.stats.canvases == 3 and len(result.token_ids) == 24
+        assert result.stats.encoder_passes == 3  # the prompt, then the two committed canvases
+
+
+def test_autoregressive_baseline_counts_one_forward_per_token(engine):
+    prompt = engine.bundle.tokenizer.encode("def f():\n", add_special_tokens=False)
+    result = engine.generate_autoregressive(prompt, max_new_tokens=6)
+    assert len(result.token_ids) <= 6
+    # The prefill yields the first token; each later token costs one more encoder pass.
+    expected = len(result.token_ids) + 1 if result.finished else len(result.token_ids)
+    assert result.stats.encoder_passes == expected
