@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from dglsp.config import SamplerSettings, Settings
+
+
+def test_valid_settings_apply():
+    settings, warnings = Settings().updated({"sampler": {"canvas_length": 64, "t_min": 0.3}})
+    assert warnings == []
+    assert settings.sampler.canvas_length == 64 and settings.sampler.t_min == 0.3
+
+
+def test_bad_values_are_reported_and_previous_values_kept():
+    base, _ = Settings().updated({"sampler": {"max_steps": 10}})
+    settings, warnings = base.updated({
+        "sampler": {"max_steps": 0, "canvas_length": "long", "seed": True, "nope": 1},
+        "context": 5,
+        "unknown": {},
+    })
+    assert settings.sampler.max_steps == 10
+    assert settings.sampler.canvas_length == SamplerSettings().canvas_length
+    assert settings.sampler.seed is None
+    joined = " ".join(warnings)
+    for fragment in ("max_steps", "canvas_length", "seed", "nope", "context", "unknown"):
+        assert fragment in joined
+    assert len(warnings) == 6
+
+
+def test_non_object_settings_keep_defaults():
+    settings, warnings = Settings().updated(["not", "a", "dict"])
+    assert settings == Settings() and len(warnings) == 1
+
+
+def test_ints_are_accepted_for_floats_and_none_for_optional():
+    settings, warnings = Settings().updated({"sampler": {"entropy_bound": 1, "seed": 5}})
+    assert warnings == [] and settings.sampler.entropy_bound == 1
+    settings, warnings = settings.updated({"sampler": {"seed": None}})
+    assert warnings == [] and settings.sampler.seed is None

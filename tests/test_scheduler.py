@@ -1,0 +1,92 @@
+"""Debounce, latest-wins, cancellation and the single device worker."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from dglsp.scheduler import Cancelled, Job, Scheduler
+
+
+def blocking_work(started: threading.Event, steps: list[int]):
+    """Work that runs until its stop flag is set, like the sampler polling between steps."""
+
+    def work(job: Job) -> str:
+        started.set()
+        for step in range(10_000):
+            if job.should_stop():
+                steps.append(step)
+                return "partial"
+            threading.Event().wait(0.001)
+        return "finished"
+
+    return work
+
+
+async def test_result_is_returned():
+    scheduler = Scheduler()
+    assert await scheduler.submit("a", 1, lambda job: 42) == 42
+    scheduler.shutdown()
+
+
+async def test_new_request_supersedes_the_running_one():
+    scheduler = Scheduler()
+    started, steps = threading.Event(), []
+    first = asyncio.ensure_future(scheduler.submit("doc", 1, blocking_work(started, steps)))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+    second = asyncio.ensure_future(scheduler.submit("doc", 1, lambda job: "second"))
+    with pytest.raises(Cancelled, match="superseded"):
+        await first
+    assert await second == "second"
+    assert steps and scheduler.cancel_to_idle_ms
+    scheduler.shutdown()
+
+
+async def test_other_documents_are_not_superseded():
+    scheduler = Scheduler()
+    results = await asyncio.gather(scheduler.submit("a", 1, lambda job: "a"), scheduler.submit("b", 1, lambda job: "b"))
+    assert results == ["a", "b"]
+    scheduler.shutdown()
+
+
+async def test_debounced_request_superseded_before_it_starts_never_runs():
+    scheduler = Scheduler(debounce_ms=200)
+    ran = []
+    first = asyncio.ensure_future(scheduler.submit("doc", 1, lambda job: ran.append("first")))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(scheduler.submit("doc", 1, lambda job: ran.append("second") or "ok"))
+    with pytest.raises(Cancelled):
+        await first
+    assert await second == "ok"
+    assert ran == ["second"]
+    scheduler.shutdown()
+
+
+async def test_document_change_past_the_version_stops_the_job():
+    scheduler = Scheduler()
+    started, steps = threading.Event(), []
+    job = asyncio.ensure_future(scheduler.submit("doc", 3, blocking_work(started, steps)))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+    scheduler.document_changed("doc", 3)  # same version: keeps running
+    await asyncio.sleep(0.05)
+    assert not job.done()
+    scheduler.document_changed("doc", 4)
+    with pytest.raises(Cancelled, match="version 4"):
+        await job
+    scheduler.shutdown()
+
+
+async def test_cancelling_the_awaiting_task_sets_the_stop_flag():
+    scheduler = Scheduler()
+    started, steps = threading.Event(), []
+    task = asyncio.ensure_future(scheduler.submit("doc", 1, blocking_work(started, steps)))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The worker notices the flag and gives the device back to the next job.
+    assert await scheduler.submit("other", 1, lambda job: "next") == "next"
+    assert steps
+    scheduler.shutdown()
