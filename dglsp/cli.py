@@ -50,6 +50,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                        ("max_canvases", args.max_canvases), ("seed", args.seed)):
         if value is not None:
             sampler[key] = value
+    if getattr(args, "max_tokens", None) is not None:
+        options.setdefault("draft", {})["max_tokens"] = args.max_tokens
     settings, warnings = Settings().updated(options)
     if warnings:
         raise SystemExit("dglsp: " + "; ".join(warnings))
@@ -123,7 +125,17 @@ def cmd_complete(args: argparse.Namespace) -> int:
     if settings.engine.warmup:
         completer.complete(completer.context_at(text, offset, settings), settings)
     context = completer.context_at(text, offset, settings, str(path), args.language or _language_of(path))
-    suggestion = completer.complete(context, settings)
+    draft = args.command == "draft"
+    commits: list[float] = []
+
+    def on_commit(text_so_far: str) -> None:
+        commits.append(time.perf_counter())
+        if not args.json:  # stream each committed canvas as it lands
+            print(f"# canvas {len(commits)} committed at {(commits[-1] - start) * 1000:.0f} ms "
+                  f"({len(text_so_far)} chars so far)", flush=True)
+
+    start = time.perf_counter()
+    suggestion = completer.complete(context, settings, draft=draft, on_commit=on_commit if draft else None)
     if args.json:
         stats = suggestion.stats
         print(json.dumps({
@@ -132,6 +144,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
             "prefill_ms": stats.prefill_ms, "steps": stats.steps, "ms_per_step": stats.ms_per_step,
             "forward_passes": stats.forward_passes, "tokens_per_forward": stats.tokens_per_forward,
             "postprocess_ms": suggestion.postprocess_ms, "total_ms": suggestion.total_ms,
+            "canvases": stats.canvases, "generated_tokens": stats.generated_tokens,
+            "first_commit_ms": (commits[0] - start) * 1000 if commits else None,
         }, indent=2))
         return 0
     before = context.prefix.rsplit("\n", 1)[-1]
@@ -172,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--json", action="store_true", help="print the suggestion and timings as JSON")
     _add_model_options(complete)
     complete.set_defaults(func=cmd_complete)
+    draft = commands.add_parser("draft", help="draft a long completion at FILE:LINE:COL, canvas after canvas",
+                                description="Draft at FILE:LINE:COL (1-based): canvases chain until the block "
+                                "ends or the draft token limit; each committed canvas is reported as it lands.")
+    draft.add_argument("location", metavar="FILE:LINE:COL")
+    draft.add_argument("--language", help="language id (default: from the file extension)")
+    draft.add_argument("--json", action="store_true", help="print the draft and timings as JSON")
+    draft.add_argument("--max-tokens", type=int, help="draft token limit (default 384)")
+    _add_model_options(draft)
+    draft.set_defaults(func=cmd_complete)
     commands.add_parser("train", help="train the embedded model (see `dglsp train --help`)", add_help=False)
     commands.add_parser("eval", help="evaluate a model on HumanEval-Infilling (see `dglsp eval --help`)",
                         add_help=False)

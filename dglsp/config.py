@@ -70,6 +70,18 @@ class PostprocessSettings:
 
 
 @dataclass(frozen=True)
+class DraftSettings:
+    """Explicit drafts (invoked completion, `dglsp.draft`): canvas after canvas until the block ends."""
+
+    max_tokens: int = 384
+    max_lines: int = 200  # post-processing cap for drafts (autocomplete uses postprocess.max_lines)
+
+    def validate(self) -> None:
+        _require(1 <= self.max_tokens <= 8192, "max_tokens must be in 1..8192")
+        _require(1 <= self.max_lines <= 10000, "max_lines must be in 1..10000")
+
+
+@dataclass(frozen=True)
 class EngineSettings:
     """Which model to load and where. Only read at start-up (a change needs a restart)."""
 
@@ -95,6 +107,7 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    draft: DraftSettings = field(default_factory=DraftSettings)
 
     def updated(self, options: Any) -> tuple[Settings, list[str]]:
         """Apply a client's settings dict; returns the new settings and one warning per rejected value."""

@@ -30,7 +30,8 @@ from dglsp.sampler import denoise_canvas
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int], None]  # (message, percent)
-CanvasCallback = Callable[[int, list[int], bool], None]  # (step, token ids so far, committed)
+# (step, token ids so far, committed) -> True to end the generation after a committed canvas
+CanvasCallback = Callable[[int, list[int], bool], bool | None]
 
 
 @dataclass
@@ -62,6 +63,7 @@ class GenerationStats:
         return (
             f"prefill {self.prefill_tokens} tok {self.prefill_ms:.0f} ms, {self.steps} steps "
             f"({self.ms_per_step:.1f} ms/step, {self.tokens_per_forward:.2f} tok/forward), "
+            f"{f'{self.canvases} canvases, ' if self.canvases > 1 else ''}"
             f"total {self.total_ms:.0f} ms{' [stopped]' if self.stopped else ''}"
             f"{' [deadline]' if self.hit_deadline else ''}"
         )
@@ -258,8 +260,9 @@ class Engine:
             eos_at = next((i for i, t in enumerate(block) if t in self.eos_ids), None)
             output.extend(block if eos_at is None else block[:eos_at])
             finished = eos_at is not None
-            if on_canvas is not None:
-                on_canvas(stats.steps, list(output), True)
+            # A committed-canvas callback returning True ends the generation (e.g. the block is closed).
+            if on_canvas is not None and on_canvas(stats.steps, list(output), True):
+                finished = True
             if finished or (deadline is not None and time.monotonic() >= deadline):
                 stats.hit_deadline = not finished
                 break

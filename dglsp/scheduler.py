@@ -105,9 +105,10 @@ class Scheduler:
     def document_changed(self, key: str, version: int) -> None:
         """A `didChange` moved the document on: a job built for an older version is stale."""
         with self._lock:
-            job = self._latest.get(key)
-        if job is not None and version > job.version:
-            job.cancel(f"document changed to version {version}")
+            jobs = [job for name, job in self._latest.items() if name == key or name.startswith(f"{key}#")]
+        for job in jobs:
+            if version > job.version:
+                job.cancel(f"document changed to version {version}")
 
     def cancel(self, key: str, reason: str) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from dglsp.completer import Completer
 from dglsp.config import SamplerSettings, Settings
 from dglsp.documents import offset_at, snapshot
 from dglsp.engine import Engine, load_bundle
-from dglsp.errors import DglspError, ModelNotReadyError
+from dglsp.errors import DglspError, InvalidRequestError, ModelNotReadyError
 from dglsp.scheduler import Cancelled, Scheduler
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,14 @@ class DglspServer(LanguageServer):
             self.window_show_message(types.ShowMessageParams(types.MessageType.Warning, f"dglsp settings: {warning}"))
 
     # -- completion ---------------------------------------------------------------------------
-    async def suggest(self, uri: str, position: types.Position) -> tuple[str, types.Range] | None:
-        """The suggestion at `position`, or None when there is nothing to show."""
+    async def suggest(
+        self, uri: str, position: types.Position, draft: bool = False, on_commit: Callable[[str], None] | None = None
+    ) -> tuple[str, types.Range] | None:
+        """The suggestion at `position`, or None when there is nothing to show.
+
+        `draft=True` is an explicit long draft (canvas after canvas, see `Completer.complete`); it
+        runs under its own scheduler key so that automatic requests do not supersede it.
+        """
         request_id = next(self._request_ids)
         document = snapshot(self.workspace, uri)
         offset = offset_at(document.text, position, self.workspace.position_encoding)
@@ -155,7 +162,9 @@ class DglspServer(LanguageServer):
         context = completer.context_at(document.text, offset, settings, document.path, document.language_id)
         try:
             suggestion = await self.scheduler.submit(
-                uri, document.version, lambda job: completer.complete(context, settings, job.should_stop)
+                f"{uri}#draft" if draft else uri,
+                document.version,
+                lambda job: completer.complete(context, settings, job.should_stop, draft=draft, on_commit=on_commit),
             )
         except Cancelled as exc:
             self._log_request(request_id, uri, f"cancelled ({exc})")
@@ -167,10 +176,70 @@ class DglspServer(LanguageServer):
             return None
         return suggestion.text, types.Range(position, position)
 
+    async def draft(self, args: tuple) -> dict:
+        """`dglsp.draft`: draft at a position, stream committed canvases as `$/progress`, then apply the
+        whole draft as one `workspace/applyEdit` (one undo step) on the document version it was drafted
+        for. Cancelled (by `$/cancelRequest`, the progress cancel button, or an edit) -> nothing applied."""
+        uri, position = _draft_target(args)
+        version = snapshot(self.workspace, uri).version
+        token = f"dglsp/draft/{next(self._request_ids)}"
+        loop = asyncio.get_running_loop()
+        reporting = await self._begin_progress(token, "dglsp: drafting", cancellable=True)
+        cancel_button = self.work_done_progress.tokens.get(token) if reporting else None
+        if cancel_button is not None:
+            cancel_button.add_done_callback(lambda _: self.scheduler.cancel(f"{uri}#draft", "cancelled by the user"))
+
+        def on_commit(text: str) -> None:
+            if reporting:
+                report = types.WorkDoneProgressReport(message=text[-2000:])
+                loop.call_soon_threadsafe(self.work_done_progress.report, token, report)
+
+        try:
+            found = await self.suggest(uri, position, draft=True, on_commit=on_commit)
+        finally:
+            if reporting:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="done"))
+        if found is None or (cancel_button is not None and cancel_button.cancelled()):
+            return {"applied": False, "text": ""}
+        text, where = found
+        edit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
+            text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version),
+            edits=[types.TextEdit(range=where, new_text=text)],
+        )])
+        result = await self.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label="dglsp draft"))
+        return {"applied": bool(result.applied), "text": text}
+
+    async def _begin_progress(self, token: str, title: str, cancellable: bool = False) -> bool:
+        """Start server-initiated work-done progress if the client supports it."""
+        capabilities = self.protocol.client_capabilities
+        window = capabilities.window if capabilities else None
+        if not (window and window.work_done_progress):
+            return False
+        await self.work_done_progress.create_async(token)
+        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=cancellable))
+        return True
+
     def _log_request(self, request_id: int, uri: str, outcome: str) -> None:
         message = f"[{request_id}] {uri.rsplit('/', 1)[-1]}: {outcome}"
         log.info(message)
         self.window_log_message(types.LogMessageParams(types.MessageType.Log, message))
+
+
+def _draft_target(args: tuple) -> tuple[str, types.Position]:
+    """Accept `{uri, position}`, `{textDocument: {uri}, position}`, `{uri, range}` (a selection holding an
+    instruction comment: the draft goes after it) or `[uri, position]`."""
+    try:
+        if len(args) == 2:
+            uri, where = args
+            return str(uri), types.Position(int(where["line"]), int(where["character"]))
+        spec = args[0]
+        uri = spec.get("uri") or spec["textDocument"]["uri"]
+        where = spec["range"]["end"] if "range" in spec else spec["position"]
+        return str(uri), types.Position(int(where["line"]), int(where["character"]))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise InvalidRequestError(
+            "dglsp.draft takes one argument {uri, position} or {uri, range}, or two: uri, position"
+        ) from exc
 
 
 def _to_lsp_error(exc: DglspError) -> JsonRpcException:
@@ -224,7 +293,9 @@ def build_server(settings: Settings | None = None) -> DglspServer:
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: DglspServer, params: types.InlineCompletionParams):
         empty = types.InlineCompletionList(items=[])
-        found = await _guarded(ls, ls.suggest(params.text_document.uri, params.position), None)
+        # An explicit invocation (the user asked) gets a long draft; typing gets quick ghost text.
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        found = await _guarded(ls, ls.suggest(params.text_document.uri, params.position, draft=invoked), None)
         if found is None:
             return empty
         text, where = found
@@ -248,6 +319,10 @@ def build_server(settings: Settings | None = None) -> DglspServer:
             insert_text_format=types.InsertTextFormat.PlainText,
         )
         return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.command("dglsp.draft")
+    async def draft(ls: DglspServer, *args: Any):
+        return await _guarded(ls, ls.draft(args), {"applied": False, "text": ""})
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: DglspServer, params: Any) -> None:
