@@ -69,15 +69,20 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from dglsp.config import ServeSettings
     from dglsp.server import build_server
+    from dglsp.transport import serve_stdio, serve_tcp
 
-    server = build_server(settings_from_args(args))
+    serve = ServeSettings(token=args.token or os.environ.get("DGLSP_TOKEN") or None,
+                          debug_requests=args.debug_requests, allow_remote_code=args.trust_remote_code)
+    if args.tcp is not None and not serve.token:
+        raise SystemExit("dglsp serve --tcp needs a token: pass --token or set DGLSP_TOKEN")
+    server = build_server(settings_from_args(args), serve)
     server.start_loading()
     if args.tcp is not None:
-        # Loopback only: a completion server reads your code; it must not listen on the network.
-        server.start_tcp("127.0.0.1", args.tcp)
+        serve_tcp(server, args.tcp)  # loopback only, token checked on the first message
     else:
-        server.start_io()
+        serve_stdio(server)
     server.scheduler.shutdown()
     return 0
 
@@ -176,7 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the language server (stdio by default)",
                                 description="Run the language server. Editors start it and talk LSP over stdio.")
-    serve.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of stdio")
+    serve.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of stdio "
+                       "(needs a token: the client sends it as initializationOptions.token in initialize)")
+    serve.add_argument("--token", help="the TCP client's token (default: the DGLSP_TOKEN environment variable)")
+    serve.add_argument("--debug-requests", action="store_true",
+                       help="answer dglsp/documentText (the server's copy of a document; for sync tests)")
     _add_model_options(serve)
     serve.set_defaults(func=cmd_serve)
     complete = commands.add_parser("complete", help="print the completion the server would offer at FILE:LINE:COL",
@@ -208,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         from dglsp.train import main_train
 
         return main_train(argv[1:])
+    if argv and argv[0] == "bench" and "--draft" in argv:
+        from dglsp.draft_bench import main_draft_bench
+
+        return main_draft_bench(argv[1:])
     if argv and argv[0] == "eval":
         from dglsp.evaluate import main_eval
 
