@@ -29,6 +29,16 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--trust-remote-code", action="store_true",
                        help="allow a model directory to run its own Python code (off unless you pass this)")
     group.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start-up")
+    remote = parser.add_argument_group("remote backend (a vLLM / OpenAI-compatible server runs the model)")
+    remote.add_argument("--backend", choices=("local", "remote"), default="local",
+                        help="local: load the model here; remote: send prompts to --url (--model then only names "
+                        "the tokenizer the prompts are built with)")
+    remote.add_argument("--url", help="server base URL, e.g. http://gpu-box:8000 or http://host/openai/v1 (KServe)")
+    remote.add_argument("--api-key", help="bearer key for the server (default: $DGLSP_API_KEY)")
+    remote.add_argument("--remote-model", help="model name the server serves (default: its only model)")
+    remote.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="extra request header, repeatable (e.g. a sticky-routing key; {document} becomes "
+                        "a hash of the document URI)")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--canvas-length", type=int, help="tokens per canvas (default 32)")
     sampling.add_argument("--steps", type=int, help="maximum denoising steps per canvas (default 24)")
@@ -44,7 +54,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     options: dict = json.loads(args.settings) if args.settings else {}
     engine = options.setdefault("engine", {})
     engine.update(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads,
-                  trust_remote_code=args.trust_remote_code, warmup=not args.no_warmup)
+                  trust_remote_code=args.trust_remote_code, warmup=not args.no_warmup, backend=args.backend)
+    remote = options.setdefault("remote", {})
+    for key, value in (("url", args.url), ("api_key", args.api_key), ("model", args.remote_model),
+                       ("headers", "\n".join(args.header) or None)):
+        if value is not None:
+            remote[key] = value
     sampler = options.setdefault("sampler", {})
     for key, value in (("canvas_length", args.canvas_length), ("max_steps", args.steps),
                        ("max_canvases", args.max_canvases), ("seed", args.seed)):
@@ -62,6 +77,10 @@ def _setup_logging(args: argparse.Namespace) -> None:
     handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Document text stays out of the log unless the user asks for DEBUG (see redact.py).
+    from dglsp.redact import install
+
+    install(handler, logging.getLogger().level)
     # transformers' progress bars and advice go to stderr; keep them quiet unless debugging.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -70,13 +89,14 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from dglsp.config import ServeSettings
-    from dglsp.server import build_server
-    from dglsp.transport import serve_stdio, serve_tcp
 
     serve = ServeSettings(token=args.token or os.environ.get("DGLSP_TOKEN") or None,
                           debug_requests=args.debug_requests, allow_remote_code=args.trust_remote_code)
-    if args.tcp is not None and not serve.token:
+    if args.tcp is not None and not serve.token:  # before the heavy imports: fail fast
         raise SystemExit("dglsp serve --tcp needs a token: pass --token or set DGLSP_TOKEN")
+    from dglsp.server import build_server
+    from dglsp.transport import serve_stdio, serve_tcp
+
     server = build_server(settings_from_args(args), serve)
     server.start_loading()
     if args.tcp is not None:
@@ -121,13 +141,18 @@ def cmd_complete(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     begin = time.perf_counter()
     try:
-        bundle = load_bundle(settings.engine)
+        if settings.engine.backend == "remote":
+            from dglsp.remote import load_remote
+
+            bundle, engine = load_remote(settings, strict=True)
+        else:
+            bundle = load_bundle(settings.engine)
+            engine = Engine(bundle)
     except DglspError as exc:
         raise SystemExit(f"dglsp: {exc}") from None
     load_s = time.perf_counter() - begin
-    engine = Engine(bundle)
     completer = Completer(bundle, engine)
-    if settings.engine.warmup:
+    if settings.engine.warmup and settings.engine.backend == "local":
         completer.complete(completer.context_at(text, offset, settings), settings)
     context = completer.context_at(text, offset, settings, str(path), args.language or _language_of(path))
     draft = args.command == "draft"
@@ -140,7 +165,10 @@ def cmd_complete(args: argparse.Namespace) -> int:
                   f"({len(text_so_far)} chars so far)", flush=True)
 
     start = time.perf_counter()
-    suggestion = completer.complete(context, settings, draft=draft, on_commit=on_commit if draft else None)
+    try:
+        suggestion = completer.complete(context, settings, draft=draft, on_commit=on_commit if draft else None)
+    except DglspError as exc:  # the remote server failed mid-request
+        raise SystemExit(f"dglsp: {exc}") from None
     if args.json:
         stats = suggestion.stats
         print(json.dumps({
@@ -205,8 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(draft)
     draft.set_defaults(func=cmd_complete)
     commands.add_parser("train", help="train the embedded model (see `dglsp train --help`)", add_help=False)
-    commands.add_parser("eval", help="evaluate a model on HumanEval-Infilling (see `dglsp eval --help`)",
+    commands.add_parser("eval", help="evaluate a model on HumanEval-Infilling, or on holes cut in a repository "
+                        "with --repo PATH (see `dglsp eval --help`, `dglsp eval --repo . --help`)",
                         add_help=False)
+    commands.add_parser("bench", help="replay a typing session over LSP and print latencies (see `dglsp bench "
+                        "--help`)", add_help=False)
     return parser
 
 
@@ -221,6 +252,14 @@ def main(argv: list[str] | None = None) -> int:
         from dglsp.draft_bench import main_draft_bench
 
         return main_draft_bench(argv[1:])
+    if argv and argv[0] == "bench":
+        from dglsp.bench import main_bench
+
+        return main_bench(argv[1:])
+    if argv and argv[0] == "eval" and any(a == "--repo" or a.startswith("--repo=") for a in argv):
+        from dglsp.repo_eval import main as main_repo_eval
+
+        return main_repo_eval(argv[1:])
     if argv and argv[0] == "eval":
         from dglsp.evaluate import main_eval
 

@@ -6,17 +6,28 @@ shows exactly what an editor would get. It runs on the device worker thread.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import torch
+
+from dglsp.backend import Backend
 from dglsp.config import Settings
-from dglsp.engine import Engine, GenerationStats, ModelBundle
-from dglsp.postprocess import postprocess
+from dglsp.engine import Generation, GenerationStats, ModelBundle
+from dglsp.errors import DeviceOutOfMemoryError
+from dglsp.postprocess import postprocess, postprocess_edit
 from dglsp.prompt import CursorContext, PromptBuilder, PromptFormat, cursor_windows
 
+log = logging.getLogger(__name__)
+
 PreviewFn = Callable[[str], None]
+# Post-processing filters a draft goes without (its final text still never over-closes: `brackets`).
+DRAFT_SKIP = frozenset({"scope", "syntax", "closers"})
+MIN_OOM_CANVAS = 4  # out-of-memory retries halve the canvas down to this many tokens, then give up
+StepPreviewFn = Callable[[int, str], None]  # (denoising step, the suggestion as the canvas reads now)
 
 
 @dataclass
@@ -27,13 +38,15 @@ class Suggestion:
     prompt_ms: float
     postprocess_ms: float
     total_ms: float
+    replace_chars: int = 0  # characters after the cursor (on its line) that `text` replaces
+    context: CursorContext | None = None  # the (trimmed) context the prompt was built from
 
     def timings(self) -> str:
         return f"prompt {self.prompt_ms:.1f} ms, {self.stats.summary()}, post {self.postprocess_ms:.1f} ms"
 
 
 class Completer:
-    def __init__(self, bundle: ModelBundle, engine: Engine):
+    def __init__(self, bundle: ModelBundle, engine: Backend):
         self.bundle = bundle
         self.engine = engine
         self.tokenizer = bundle.tokenizer
@@ -44,7 +57,7 @@ class Completer:
         self, text: str, offset: int, settings: Settings, path: str = "", language_id: str = ""
     ) -> CursorContext:
         prefix, suffix = cursor_windows(text, offset, settings.context)
-        return CursorContext(prefix, suffix, path, language_id)
+        return CursorContext(encodable(prefix), encodable(suffix), path, language_id)
 
     def complete(
         self,
@@ -54,9 +67,15 @@ class Completer:
         deadline: float | None = None,
         draft: bool = False,
         on_commit: PreviewFn | None = None,
+        cache_key: str | None = None,
+        on_step: StepPreviewFn | None = None,
     ) -> Suggestion:
         """Complete at the cursor. `draft=True` chains canvases until the block ends or
-        `settings.draft.max_tokens`, calling `on_commit(text so far)` after each committed canvas."""
+        `settings.draft.max_tokens`, calling `on_commit(text so far)` after each committed canvas.
+
+        `cache_key` (the document URI) reuses the document's prompt KV cache; `deadline` (a
+        `time.monotonic()` value) ends denoising early and the draft so far is cut at a line
+        boundary; `on_step` sees every intermediate canvas as text (the live canvas)."""
         begin = time.perf_counter()
         prompt = PromptBuilder(self.tokenizer, self.format, settings.context).build(context)
         prompt_ms = (time.perf_counter() - begin) * 1000
@@ -67,12 +86,51 @@ class Completer:
             sampler = replace(sampler, max_canvases=canvases)
             post_settings = replace(post_settings, multiline=True, max_lines=settings.draft.max_lines)
             on_canvas = self._draft_watcher(prompt.context, post_settings, on_commit)
-        generation = self.engine.generate(prompt.ids, sampler, should_stop, on_canvas=on_canvas, deadline=deadline)
+        elif on_step is not None:
+            on_canvas = self._step_watcher(prompt.context, post_settings, on_step)
+        generation = self._generate_within_memory(prompt.ids, sampler, should_stop, on_canvas=on_canvas,
+                                                  deadline=deadline, cache_key=cache_key)
         post_start = time.perf_counter()
         raw = self.decode(generation.token_ids)
-        text = None if generation.stats.stopped else postprocess(raw, prompt.context, post_settings)
+        # A draft cut by its deadline is cut again at a line boundary: insert-only, so the cut keeps it valid.
+        # An explicit draft asked for more than the rest of the line (no scope filter), and shows what its
+        # progress reports showed (no syntax trim, which would cut a canvas that ends mid-statement).
+        edit = None if generation.stats.stopped else postprocess_edit(
+            raw, prompt.context, post_settings, skip=DRAFT_SKIP if draft else frozenset(),
+            allow_replace=not generation.stats.hit_deadline)
+        text, replace_chars = (edit.text, edit.replace_chars) if edit else (None, 0)
+        if text is not None and generation.stats.hit_deadline:
+            text = cut_at_line_boundary(text)
         end = time.perf_counter()
-        return Suggestion(text, raw, generation.stats, prompt_ms, (end - post_start) * 1000, (end - begin) * 1000)
+        return Suggestion(text, raw, generation.stats, prompt_ms, (end - post_start) * 1000, (end - begin) * 1000,
+                          replace_chars, prompt.context)
+
+    def _generate_within_memory(self, prompt_ids: list[int], sampler, should_stop, **kwargs) -> Generation:
+        """`engine.generate`, retried with half the canvas when the device runs out of memory; a last
+        failure becomes `DeviceOutOfMemoryError` (a user-facing error), never a dead worker."""
+        while True:
+            try:
+                return self.engine.generate(prompt_ids, sampler, should_stop, **kwargs)
+            except torch.OutOfMemoryError as exc:
+                release_device_memory()
+                if kwargs.get("cache_key"):  # the failed pass may have left a half-written entry
+                    self.engine.prefix_cache.drop(kwargs["cache_key"])
+                smaller = sampler.canvas_length // 2
+                if smaller < MIN_OOM_CANVAS:
+                    raise DeviceOutOfMemoryError(
+                        f"the device ran out of memory even with a {sampler.canvas_length}-token canvas; lower "
+                        "context.max_prefix_tokens or sampler.canvas_length, or run on the CPU (--device cpu)"
+                    ) from exc
+                log.warning("out of memory at canvas_length %d; retrying with %d", sampler.canvas_length, smaller)
+                sampler = replace(sampler, canvas_length=smaller)
+
+    def _step_watcher(self, context: CursorContext, post_settings, on_step: StepPreviewFn):
+        def on_canvas(step: int, token_ids: list[int], committed: bool) -> bool:
+            if not committed:
+                on_step(step, postprocess(self.decode(token_ids), context, post_settings) or "")
+            return False
+
+        return on_canvas
 
     def _draft_watcher(self, context: CursorContext, post_settings, on_commit: PreviewFn | None):
         """After each committed canvas: report the draft so far, and end it once post-processing cuts
@@ -82,7 +140,9 @@ class Completer:
             if not committed:
                 return False
             raw = self.decode(token_ids)
-            shown = postprocess(raw, context, post_settings) or ""
+            # Without the syntax filter: a canvas ending mid-statement must not read as the block's end.
+            shown_edit = postprocess_edit(raw, context, post_settings, skip=DRAFT_SKIP, allow_replace=False)
+            shown = shown_edit.text if shown_edit else ""
             if on_commit is not None:
                 on_commit(shown)
             ended_at_special = len(token_ids) > 0 and any(t in self.special_ids for t in token_ids)
@@ -94,3 +154,26 @@ class Completer:
         """Text of the generated ids, cut at the first special token (a FIM marker means the middle ended)."""
         cut = next((i for i, t in enumerate(token_ids) if t in self.special_ids), len(token_ids))
         return self.tokenizer.decode(token_ids[:cut], skip_special_tokens=True)
+
+
+def cut_at_line_boundary(text: str) -> str | None:
+    """A draft cut short by the deadline: keep whole lines only (its last line may be half-denoised)."""
+    if "\n" not in text.rstrip("\n"):
+        return text
+    kept = text[: text.rstrip("\n").rfind("\n")].rstrip()
+    return kept if kept.strip() else None
+
+
+def release_device_memory() -> None:
+    """Hand cached CUDA blocks back after an out-of-memory error so the retry starts from a clean slate."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def encodable(text: str) -> str:
+    """`text` with lone surrogates (JSON allows them, tokenizers refuse them) replaced, one character for one."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

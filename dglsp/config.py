@@ -43,6 +43,12 @@ class ContextSettings:
 
     max_prefix_tokens: int = 768
     max_suffix_tokens: int = 256
+    # Snippets from other open documents and recent edits, in a budget of their own. "auto": only for
+    # models whose prompt format was trained with them (dglsp.json `"snippets": true`) and chat models.
+    snippets: str = "auto"
+    max_snippet_tokens: int = 256
+    snippet_lines: int = 12  # lines per chunk of another document
+    max_snippets: int = 4
     # Windows are cut in characters before tokenizing so a 10 MB file is never tokenized whole.
     chars_per_token: int = 8
 
@@ -50,6 +56,10 @@ class ContextSettings:
         _require(16 <= self.max_prefix_tokens <= 131072, "max_prefix_tokens must be in 16..131072")
         _require(0 <= self.max_suffix_tokens <= 131072, "max_suffix_tokens must be in 0..131072")
         _require(1 <= self.chars_per_token <= 64, "chars_per_token must be in 1..64")
+        _require(self.snippets in ("auto", "on", "off"), "snippets must be auto, on or off")
+        _require(0 <= self.max_snippet_tokens <= 32768, "max_snippet_tokens must be in 0..32768")
+        _require(1 <= self.snippet_lines <= 200, "snippet_lines must be in 1..200")
+        _require(0 <= self.max_snippets <= 64, "max_snippets must be in 0..64")
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,8 @@ class SchedulerSettings:
 class PostprocessSettings:
     multiline: bool = True
     max_lines: int = 16
+    tree_sitter: bool = True  # syntax checks with tree-sitter where a grammar is installed
+    replace_suffix: bool = True  # type over auto-closed brackets after the cursor (an edit range)
 
     def validate(self) -> None:
         _require(1 <= self.max_lines <= 1000, "max_lines must be in 1..1000")
@@ -91,13 +103,84 @@ class EngineSettings:
     threads: int = 0  # torch intra-op threads on the CPU; 0 = torch's default
     trust_remote_code: bool = False
     warmup: bool = True
+    backend: str = "local"  # local = the model on this machine; remote = a server (see RemoteSettings)
 
     def validate(self) -> None:
+        _require(self.backend in ("local", "remote"), "backend must be local or remote")
         _require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
                  "device must be auto, cpu, cuda, cuda:N or mps")
         _require(self.dtype in ("auto", "float32", "bfloat16", "float16"),
                  "dtype must be auto, float32, bfloat16 or float16")
         _require(self.threads >= 0, "threads must be >= 0")
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """Time-to-suggestion: prefix KV reuse, typing-through, deadlines, speculation, live canvas."""
+
+    prefix_cache: bool = True  # keep each document's encoder KV cache; re-encode only what changed
+    prefix_cache_cpu_mb: int = 512  # LRU budget for kept caches when the model is on the CPU (read at start-up)
+    prefix_cache_gpu_mb: int = 4096  # ... on a GPU
+    typing_through: bool = True  # typing what the shown suggestion says is answered without the model
+    typing_through_lookback: int = 64  # how many just-typed characters to look back over (llama.vim: 32+)
+    deadline_ms: int = 0  # per-request budget; when it runs out the best draft so far is shown (0 = none)
+    speculative: bool = True  # after an accepted suggestion, precompute the next one at low priority
+    live_canvas: bool = False  # stream intermediate canvases as `dglsp/canvas` notifications
+    live_canvas_interval_ms: int = 50  # at most one `dglsp/canvas` notification per interval
+    compile_decoder: bool = True  # CUDA only: torch.compile the decoder step (read at start-up)
+
+    def validate(self) -> None:
+        _require(0 <= self.prefix_cache_cpu_mb <= 1 << 20, "prefix_cache_cpu_mb must be in 0..1048576")
+        _require(0 <= self.prefix_cache_gpu_mb <= 1 << 20, "prefix_cache_gpu_mb must be in 0..1048576")
+        _require(0 <= self.typing_through_lookback <= 4096, "typing_through_lookback must be in 0..4096")
+        _require(0 <= self.deadline_ms <= 600000, "deadline_ms must be in 0..600000")
+        _require(0 <= self.live_canvas_interval_ms <= 10000, "live_canvas_interval_ms must be in 0..10000")
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """An OpenAI-compatible server (vLLM serving DiffusionGemma) used when `engine.backend` is remote.
+
+    `engine.model` still names the local tokenizer (and prompt format) the prompt is rendered with;
+    `model` here is the name the server serves. Read at start-up (a change reloads the backend).
+    """
+
+    url: str = ""  # base URL; may carry a path (KServe: http://host/openai/v1); /v1 is added when missing
+    api_key: str | None = None  # bearer key; None = the DGLSP_API_KEY environment variable, if set
+    model: str | None = None  # served model name; None = the only model the server serves
+    headers: str = ""  # extra headers, "Name: value" separated by newlines or ";" ({document} = a hash of the URI)
+    connect_timeout_s: float = 2.0
+    read_timeout_s: float = 30.0  # longest wait for the next committed canvas
+    retry_after_s: float = 2.0  # after a failure, answer empty at once for this long before trying again
+    reuse_ms: int = 150  # a stopped stream is kept this long for the next keystroke's request to continue
+
+    def validate(self) -> None:
+        _require(self.url == "" or self.url.startswith(("http://", "https://")), "url must start with http(s)://")
+        _require(0 < self.connect_timeout_s <= 600, "connect_timeout_s must be in (0, 600]")
+        _require(0 < self.read_timeout_s <= 3600, "read_timeout_s must be in (0, 3600]")
+        _require(0 <= self.retry_after_s <= 600, "retry_after_s must be in 0..600")
+        _require(0 <= self.reuse_ms <= 10000, "reuse_ms must be in 0..10000")
+        for line in _header_lines(self.headers):
+            _require(":" in line and line.split(":", 1)[0].strip(), f"header {line!r} is not 'Name: value'")
+
+    def header_pairs(self) -> list[tuple[str, str]]:
+        return [(name.strip(), value.strip()) for name, value in
+                (line.split(":", 1) for line in _header_lines(self.headers))]
+
+
+def _header_lines(headers: str) -> list[str]:
+    return [line.strip() for line in headers.replace(";", "\n").split("\n") if line.strip()]
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the server process meets its client. Command line only: a client can never change these."""
+
+    tcp_host: str = "127.0.0.1"  # loopback only: a completion server reads your code
+    token: str | None = None  # over TCP, the first message must be `initialize` carrying initializationOptions.token
+    debug_requests: bool = False  # answer `dglsp/documentText` (document-sync tests); never on in editors
+    allow_remote_code: bool = False  # only `--trust-remote-code` may turn engine.trust_remote_code on
+    max_message_mb: int = 256  # a larger Content-Length ends the session (a 10 MB file is ~11 MB of JSON)
 
 
 @dataclass(frozen=True)
@@ -108,6 +191,8 @@ class Settings:
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     draft: DraftSettings = field(default_factory=DraftSettings)
+    latency: LatencySettings = field(default_factory=LatencySettings)
+    remote: RemoteSettings = field(default_factory=RemoteSettings)
 
     def updated(self, options: Any) -> tuple[Settings, list[str]]:
         """Apply a client's settings dict; returns the new settings and one warning per rejected value."""

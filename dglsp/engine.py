@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrainedTokenizerBase
 
-from dglsp.config import EngineSettings, SamplerSettings
+from dglsp.config import EngineSettings, LatencySettings, SamplerSettings
 from dglsp.errors import ModelLoadError
+from dglsp.kvcache import PrefixCache
+from dglsp.modelcheck import check_model_dir
 from dglsp.modelzoo import EMBEDDED_MODEL_DIR
 from dglsp.sampler import denoise_canvas
 
@@ -37,6 +39,7 @@ CanvasCallback = Callable[[int, list[int], bool], bool | None]
 @dataclass
 class GenerationStats:
     prefill_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the document's prefix KV cache (not encoded)
     prefill_ms: float = 0.0
     canvases: int = 0
     steps: int = 0  # decoder forward passes over canvases
@@ -57,11 +60,13 @@ class GenerationStats:
 
     @property
     def tokens_per_forward(self) -> float:
-        return self.generated_tokens / self.steps if self.steps else 0.0
+        """Generated tokens per forward pass of any kind (prefill and committed canvases included)."""
+        return self.generated_tokens / self.forward_passes if self.forward_passes else 0.0
 
     def summary(self) -> str:
         return (
-            f"prefill {self.prefill_tokens} tok {self.prefill_ms:.0f} ms, {self.steps} steps "
+            f"prefill {self.prefill_tokens} tok{f' ({self.cached_tokens} cached)' if self.cached_tokens else ''} "
+            f"{self.prefill_ms:.0f} ms, {self.steps} steps "
             f"({self.ms_per_step:.1f} ms/step, {self.tokens_per_forward:.2f} tok/forward), "
             f"{f'{self.canvases} canvases, ' if self.canvases > 1 else ''}"
             f"total {self.total_ms:.0f} ms{' [stopped]' if self.stopped else ''}"
@@ -155,6 +160,7 @@ def load_bundle(settings: EngineSettings, progress: ProgressFn | None = None) ->
     report = progress or (lambda message, percent: None)
     report("resolving model", 5)
     path = resolve_model_dir(settings.model)
+    check_model_dir(path)  # wrong architecture, truncated or integer weights: say so before loading
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
     if settings.threads and device.type == "cpu":
@@ -181,7 +187,7 @@ def load_bundle(settings: EngineSettings, progress: ProgressFn | None = None) ->
 class Engine:
     """Owns the model on its device; one generation at a time."""
 
-    def __init__(self, bundle: ModelBundle):
+    def __init__(self, bundle: ModelBundle, latency: LatencySettings | None = None):
         self.bundle = bundle
         self.model = bundle.model
         self.device = bundle.device
@@ -190,6 +196,15 @@ class Engine:
         self.eos_ids: set[int] = _eos_ids(bundle.tokenizer, self.model)
         self.pad_id: int | None = bundle.tokenizer.pad_token_id
         self._lock = threading.Lock()
+        latency = latency or LatencySettings()
+        budget_mb = latency.prefix_cache_cpu_mb if self.device.type == "cpu" else latency.prefix_cache_gpu_mb
+        self.prefix_cache = PrefixCache(self.model.config, budget_mb << 20 if latency.prefix_cache else 0)
+        # GPU path: fused sampling math, and a compiled decoder step (eager again if compiling fails).
+        # The CPU keeps the reference path, bit-exact with transformers' generate().
+        self.fused_sampling = self.device.type == "cuda"
+        self._decoder_step = self.model
+        if self.device.type == "cuda" and latency.compile_decoder:
+            self._decoder_step = torch.compile(self.model, dynamic=True)
 
     @property
     def default_canvas_length(self) -> int:
@@ -215,19 +230,35 @@ class Engine:
         should_stop: Callable[[], bool] = lambda: False,
         on_canvas: CanvasCallback | None = None,
         deadline: float | None = None,
+        cache_key: str | None = None,
     ) -> Generation:
-        """Block-diffusion generation: canvases of `sampler.canvas_length` until EOS or `max_canvases`."""
+        """Block-diffusion generation: canvases of `sampler.canvas_length` until EOS or `max_canvases`.
+
+        `cache_key` (a document URI) reuses and keeps that document's prompt KV cache (`kvcache.py`).
+        """
         assert prompt_ids, "the prompt must not be empty"
         with self._lock:
-            return self._generate(prompt_ids, sampler, should_stop, on_canvas, deadline)
+            return self._generate(prompt_ids, sampler, should_stop, on_canvas, deadline, cache_key)
 
-    def _generate(self, prompt_ids, sampler, should_stop, on_canvas, deadline) -> Generation:
+    def prefill(self, prompt_ids: list[int], stats: GenerationStats, cache_key: str | None = None,
+                keep_last: bool = False, should_stop: Callable[[], bool] = lambda: False) -> DynamicCache | None:
+        """A cache holding the prompt: reused up to the first changed token when `cache_key` has one.
+        None when `should_stop` ended the prefill (checked between chunks of the prompt)."""
+        begin = time.perf_counter()
+        cache, stats.cached_tokens = self.prefix_cache.prepare(cache_key, prompt_ids, self.encode, keep_last,
+                                                               should_stop)
+        stats.encoder_passes += int(stats.cached_tokens < len(prompt_ids))
+        stats.prefill_ms = (time.perf_counter() - begin) * 1000
+        return cache
+
+    def _generate(self, prompt_ids, sampler, should_stop, on_canvas, deadline, cache_key) -> Generation:
         stats = GenerationStats(prefill_tokens=len(prompt_ids))
         begin = time.perf_counter()
-        cache = self.new_cache()
-        self.encode(cache, prompt_ids)
-        stats.encoder_passes = 1
-        stats.prefill_ms = (time.perf_counter() - begin) * 1000
+        cache = self.prefill(prompt_ids, stats, cache_key, should_stop=should_stop)
+        if cache is None:
+            stats.stopped = True
+            stats.total_ms = (time.perf_counter() - begin) * 1000
+            return Generation([], False, stats)
         generator = self._generator(sampler.seed)
         output: list[int] = []
         block: list[int] = []
@@ -249,6 +280,7 @@ class Engine:
                 should_stop=should_stop,
                 on_step=_step_reporter(on_canvas, output),
                 deadline=deadline,
+                fused_sampling=self.fused_sampling,
             )
             stats.canvases += 1
             stats.steps += canvas.steps
@@ -263,8 +295,10 @@ class Engine:
             # A committed-canvas callback returning True ends the generation (e.g. the block is closed).
             if on_canvas is not None and on_canvas(stats.steps, list(output), True):
                 finished = True
-            if finished or (deadline is not None and time.monotonic() >= deadline):
-                stats.hit_deadline = not finished
+            past_deadline = deadline is not None and time.monotonic() >= deadline
+            if finished or past_deadline:
+                # Cut short: the canvas was still denoising, or more canvases were wanted.
+                stats.hit_deadline = past_deadline and not (finished and canvas.converged)
                 break
         stats.generated_tokens = len(output)
         stats.total_ms = (time.perf_counter() - begin) * 1000
@@ -277,7 +311,7 @@ class Engine:
         def denoise(canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
             if self_conditioning is not None:
                 self_conditioning = self_conditioning.to(embed_dtype)
-            out = self.model(
+            out = self._decoder_forward(
                 decoder_input_ids=canvas,
                 past_key_values=cache,
                 self_conditioning_logits=self_conditioning,
@@ -286,6 +320,16 @@ class Engine:
             return out.logits
 
         return denoise
+
+    def _decoder_forward(self, **inputs):
+        if self._decoder_step is self.model:
+            return self.model(**inputs)
+        try:
+            return self._decoder_step(**inputs)
+        except Exception:  # torch.compile can fail on a driver/toolchain it does not support: stay correct
+            log.warning("compiled decoder step failed; using eager mode from now on", exc_info=True)
+            self._decoder_step = self.model
+            return self.model(**inputs)
 
     def _generator(self, seed: int | None) -> torch.Generator:
         generator = torch.Generator(device=self.device)
@@ -326,7 +370,6 @@ class Engine:
                 hidden = self.encode(cache, [next_id])
                 stats.encoder_passes += 1
             stats.generated_tokens = len(output)
-            stats.steps = stats.encoder_passes
             stats.total_ms = (time.perf_counter() - begin) * 1000
             stats.decode_ms = stats.total_ms - stats.prefill_ms
             return Generation(output, finished, stats)

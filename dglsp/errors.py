@@ -29,3 +29,7 @@ class ModelNotReadyError(DglspError):
     """A completion was asked for before the model finished loading, or after it failed to."""
 
     code = -32002  # ServerNotInitialized is the closest standard code
+
+
+class DeviceOutOfMemoryError(DglspError):
+    """The device ran out of memory even after retrying with smaller canvases."""

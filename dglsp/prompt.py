@@ -4,13 +4,19 @@ Two formats, chosen by the model directory (never by the server):
 
 * ``fim`` — our own models (`dglsp.json` says so). Token layout::
 
-      <bos> <|file|> path \\n <|suffix|> SUFFIX <|prefix|> PREFIX <|middle|>
+      <bos> <|file|> path \\n [<|snippet|> path \\n SNIPPET]... <|suffix|> SUFFIX <|prefix|> PREFIX <|middle|>
 
   and the canvas holds the middle, then EOS, then padding. `train.py` builds its
   examples with `encode_fim` below, so training and serving cannot drift apart.
 * ``chat`` — instruction-tuned models such as `google/diffusiongemma-26B-A4B-it`: the
   suffix, then the prefix ending at a cursor marker, inside a user turn that asks
   for only the code at the cursor, rendered with the tokenizer's chat template.
+
+Snippets (code from other open documents and recent edits, picked by `neighbors.py`) are
+optional and have a token budget of their own; with none, the ids are exactly the plain
+layout above. A FIM model gets them only if its `dglsp.json` says it was trained with them
+(`"snippets": true` in `prompt_format`) or the user sets `context.snippets` to "on". The
+file's path (and for an untitled buffer an extension from the language) heads the prompt.
 
 In both, the suffix comes *before* the prefix: typing at the cursor only appends to
 the prompt, so an encoder KV cache of the previous prompt stays valid up to the
@@ -26,6 +32,10 @@ from transformers import PreTrainedTokenizerBase
 from dglsp.config import ContextSettings
 
 CURSOR_MARKER = "<CURSOR>"
+# An untitled buffer still tells the model its language, the way a path's extension does.
+EXTENSIONS = {"python": ".py", "javascript": ".js", "javascriptreact": ".jsx", "typescript": ".ts",
+              "typescriptreact": ".tsx", "go": ".go", "rust": ".rs", "c": ".c", "cpp": ".cpp", "java": ".java",
+              "lua": ".lua"}
 CHAT_INSTRUCTION = (
     "You are a code completion engine. Below is a source file split at the cursor: first the code "
     "after the cursor, then the code before it, ending at {cursor}. Reply with only the code to insert "
@@ -37,6 +47,7 @@ CHAT_INSTRUCTION = (
 class PromptFormat:
     kind: str  # "fim" | "chat"
     tokens: dict[str, str]
+    trained_with_snippets: bool = False
 
     @classmethod
     def for_model(cls, meta: dict, tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
@@ -44,10 +55,18 @@ class PromptFormat:
         if spec:
             if spec.get("kind") not in ("fim", "chat"):
                 raise ValueError(f"unknown prompt format {spec.get('kind')!r} in dglsp.json")
-            return cls(spec["kind"], dict(spec.get("tokens", {})))
+            return cls(spec["kind"], dict(spec.get("tokens", {})), bool(spec.get("snippets", False)))
         if getattr(tokenizer, "chat_template", None):
-            return cls("chat", {})
+            return cls("chat", {}, trained_with_snippets=True)
         raise ValueError("the model has neither a dglsp.json prompt format nor a chat template")
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """A piece of another document (or a recently edited region) that looks like the code at the cursor."""
+
+    path: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,7 @@ class CursorContext:
     suffix: str  # text after the cursor (a window starting at the cursor)
     path: str = ""
     language_id: str = ""
+    snippets: tuple[Snippet, ...] = ()  # most similar last (nearest the cursor in the prompt)
 
 
 @dataclass(frozen=True)
@@ -95,12 +115,30 @@ class PromptBuilder:
     def build(self, context: CursorContext) -> Prompt:
         prefix = trim_to_tokens(self.tokenizer, context.prefix, self.settings.max_prefix_tokens, keep="end")
         suffix = trim_to_tokens(self.tokenizer, context.suffix, self.settings.max_suffix_tokens, keep="start")
-        trimmed = CursorContext(prefix, suffix, context.path, context.language_id)
+        snippets = self._fit_snippets(context.snippets) if snippets_enabled(self.format, self.settings) else ()
+        trimmed = CursorContext(prefix, suffix, context.path, context.language_id, snippets)
         if self.format.kind == "fim":
             ids = encode_fim(self.tokenizer, self.format, trimmed)
         else:
             ids = encode_chat(self.tokenizer, trimmed)
         return Prompt(ids, trimmed)
+
+    def _fit_snippets(self, snippets: tuple[Snippet, ...]) -> tuple[Snippet, ...]:
+        """Keep the most similar snippets (the last ones) that fit the snippet budget together."""
+        budget = self.settings.max_snippet_tokens
+        kept: list[Snippet] = []
+        for snippet in reversed(snippets[-self.settings.max_snippets:] if self.settings.max_snippets else ()):
+            cost = len(self.tokenizer.encode(f"{snippet.path}\n{snippet.text}", add_special_tokens=False)) + 1
+            if cost <= budget:
+                kept.append(snippet)
+                budget -= cost
+        return tuple(reversed(kept))
+
+
+def snippets_enabled(fmt: PromptFormat, settings: ContextSettings) -> bool:
+    if settings.snippets == "off" or settings.max_snippet_tokens <= 0:
+        return False
+    return settings.snippets == "on" or fmt.trained_with_snippets
 
 
 def trim_to_tokens(tokenizer: PreTrainedTokenizerBase, text: str, budget: int, keep: str) -> str:
@@ -133,9 +171,12 @@ def encode_fim(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, context: C
     def text(value: str) -> list[int]:
         return tokenizer.encode(value, add_special_tokens=False) if value else []
 
-    header = f"{context.path or 'untitled'}\n"
+    header = f"{context.path or 'untitled' + EXTENSIONS.get(context.language_id, '')}\n"
+    snippets: list[int] = []
+    for snippet in context.snippets:
+        snippets += token("snippet") + text(f"{snippet.path}\n{snippet.text}")
     return (
-        token("bos") + token("file") + text(header)
+        token("bos") + token("file") + text(header) + snippets
         + token("suffix") + text(context.suffix)
         + token("prefix") + text(context.prefix)
         + token("middle")
@@ -144,8 +185,9 @@ def encode_fim(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, context: C
 
 def encode_chat(tokenizer: PreTrainedTokenizerBase, context: CursorContext) -> list[int]:
     language = context.language_id or "code"
+    related = "".join(f"\n\nRelated code from {s.path}:\n```\n{s.text}\n```" for s in context.snippets)
     content = (
-        CHAT_INSTRUCTION.format(cursor=CURSOR_MARKER)
+        CHAT_INSTRUCTION.format(cursor=CURSOR_MARKER) + related
         + f"\n\nFile: {context.path or 'untitled'} ({language})\n\nCode after the cursor:\n```\n{context.suffix}\n```"
         + f"\n\nCode before the cursor:\n```\n{context.prefix}{CURSOR_MARKER}"
     )

@@ -7,6 +7,10 @@
   cancelled) and by a `didChange` that moves the document past the job's version; the
   sampler checks the flag after every denoising step.
 * A job whose flag is set before it starts never touches the device.
+* A worker thread that dies (a job raising SystemExit, an asynchronous exception) fails
+  only its own job with `WorkerCrashed`; the next job gets a fresh thread.
+* Background jobs (speculative next suggestions) are stopped by any real request, and a
+  `didChange` never makes them stale: what they compute is keyed by its context, not a version.
 
 The LSP event loop only awaits futures here; it never blocks on the model.
 """
@@ -15,12 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+from dglsp.errors import DglspError
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +56,100 @@ class Job:
         return self.stop.is_set
 
 
+class WorkerCrashed(DglspError):
+    """The device worker thread died while running a job; the scheduler starts a new one."""
+
+
+class DeviceWorker:
+    """One thread that owns the device, with `ThreadPoolExecutor`'s `submit`/`shutdown` surface.
+
+    Why not `ThreadPoolExecutor(max_workers=1)`: a `BaseException` from a job (SystemExit,
+    KeyboardInterrupt, an asynchronous exception) is handed to the awaiting asyncio task and
+    takes the event loop down with it, and a worker thread killed between jobs leaves the
+    jobs queued behind it unanswered forever. Here a job's BaseException becomes `WorkerCrashed`,
+    the thread that raised it ends, and the next `submit` starts a fresh thread. The thread is
+    a daemon so a model load in progress never keeps an exiting server alive.
+    """
+
+    def __init__(self, name: str = "dglsp-device"):
+        self.name = name
+        self.restarts = 0
+        self._queue: queue.SimpleQueue[tuple[Future, Callable[..., Any], tuple] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the device worker is shut down")
+            self._queue.put((future, fn, args))
+            self._ensure_thread()
+        return future
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        if self._thread is not None:  # died outside a job (e.g. an asynchronous exception)
+            self.restarts += 1
+            log.warning("device worker thread died; starting a new one (restart %d)", self.restarts)
+        self._thread = threading.Thread(target=self._loop, name=f"{self.name}-{self.restarts}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except Exception as exc:
+                future.set_exception(exc)
+            except BaseException as exc:  # the thread is unusable: fail this job and hand over to a new thread
+                log.error("device worker crashed: %r", exc)
+                future.set_exception(WorkerCrashed(f"the device worker crashed ({exc!r}); it has been restarted"))
+                with self._lock:
+                    self._thread = None
+                    self.restarts += 1
+                    if not self._closed and not self._queue.empty():
+                        self._ensure_thread()  # jobs queued behind the crashed one must not wait for a submit
+                return
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[0].cancel()
+            self._queue.put(None)
+            thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+
 class Scheduler:
     def __init__(self, debounce_ms: int = 0):
         self.debounce_ms = debounce_ms
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dglsp-device")
+        self._executor = DeviceWorker("dglsp-device")  # restarts itself if its thread dies
         self._latest: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._background: list[Job] = []
+        # Latest version each document has been changed to: a job built from an older snapshot (e.g. it
+        # waited for the model to load while the user typed) is stale the moment it is submitted.
+        self._versions: dict[str, int] = {}
         #: milliseconds from a stop request to the worker giving the device back, last few jobs
         self.cancel_to_idle_ms: list[float] = []
 
@@ -61,18 +157,27 @@ class Scheduler:
         """Run `fn` on the device thread (model loading uses this so the model lives there)."""
         return asyncio.wrap_future(self._executor.submit(fn))
 
-    async def submit(self, key: str, version: int, work: Callable[[Job], Any]) -> Any:
+    async def submit(self, key: str, version: int, work: Callable[[Job], Any], background: bool = False) -> Any:
         """Run `work(job)` on the device worker after the debounce, latest-wins per `key`.
 
         Raises `Cancelled` if the job is superseded or stopped; cancelling the awaiting task
-        (what pygls does on `$/cancelRequest`) stops the job too.
+        (what pygls does on `$/cancelRequest`) stops the job too. A real (not `background`)
+        request first stops every background job, so speculation never delays the user.
         """
-        job = Job(key, version)
+        job = Job(key, sys.maxsize if background else version)
         with self._lock:
+            newest = self._versions.get(key.split("#", 1)[0], self._versions.get(key, job.version))
+            if newest > job.version:
+                job.cancel(f"document changed to version {newest}")
             previous = self._latest.get(key)
             self._latest[key] = job
+            preempted = [] if background else [j for j in self._background if j is not previous]
+            if background:
+                self._background.append(job)
         if previous is not None:
             previous.cancel("superseded")
+        for other in preempted:
+            other.cancel("preempted by a request")
         try:
             if self.debounce_ms:
                 await asyncio.sleep(self.debounce_ms / 1000)
@@ -84,6 +189,7 @@ class Scheduler:
             raise
         finally:
             with self._lock:
+                self._background = [j for j in self._background if j is not job]
                 if self._latest.get(key) is job:
                     del self._latest[key]
 
@@ -105,10 +211,16 @@ class Scheduler:
     def document_changed(self, key: str, version: int) -> None:
         """A `didChange` moved the document on: a job built for an older version is stale."""
         with self._lock:
+            self._versions[key] = max(version, self._versions.get(key, version))
             jobs = [job for name, job in self._latest.items() if name == key or name.startswith(f"{key}#")]
         for job in jobs:
             if version > job.version:
                 job.cancel(f"document changed to version {version}")
+
+    def forget(self, key: str) -> None:
+        """The document was opened or closed: its version numbering starts over."""
+        with self._lock:
+            self._versions.pop(key, None)
 
     def cancel(self, key: str, reason: str) -> None:
         with self._lock:

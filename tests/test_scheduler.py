@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -89,4 +90,35 @@ async def test_cancelling_the_awaiting_task_sets_the_stop_flag():
     # The worker notices the flag and gives the device back to the next job.
     assert await scheduler.submit("other", 1, lambda job: "next") == "next"
     assert steps
+    scheduler.shutdown()
+
+
+async def test_a_real_request_preempts_background_work():
+    scheduler = Scheduler(debounce_ms=0)
+    started = threading.Event()
+
+    def speculate(job):
+        started.set()
+        while not job.stop.is_set():
+            time.sleep(0.005)
+        return "speculative"
+
+    background = asyncio.ensure_future(scheduler.submit("a#speculative", 1, speculate, background=True))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+    result = await scheduler.submit("b", 1, lambda job: "real")
+    assert result == "real"
+    with pytest.raises(Cancelled, match="preempted"):
+        await background
+    scheduler.shutdown()
+
+
+async def test_did_change_does_not_stale_background_work():
+    scheduler = Scheduler(debounce_ms=0)
+    release = threading.Event()
+    background = asyncio.ensure_future(
+        scheduler.submit("a#speculative", 1, lambda job: release.wait(5) and "kept", background=True))
+    await asyncio.sleep(0.05)
+    scheduler.document_changed("a", 2)
+    release.set()
+    assert await background == "kept"
     scheduler.shutdown()

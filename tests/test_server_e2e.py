@@ -212,6 +212,9 @@ def _last_request_id(client: LanguageClient):
 
 
 async def _assert_still_serving(client: LanguageClient) -> None:
+    # Back to a short schedule: the point is that the server answers, not how long SLOW takes.
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"sampler": {"canvas_length": 16, "max_steps": 4, "max_canvases": 1}}))
     open_document(client, "x = 1\n", uri="file:///tmp/dglsp-e2e/alive.py")
     result = await asyncio.wait_for(
         client.text_document_inline_completion_async(inline_params(1, 0, "file:///tmp/dglsp-e2e/alive.py")), 30)

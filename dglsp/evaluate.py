@@ -1,0 +1,342 @@
+"""`dglsp eval`: HumanEval-Infilling pass@1 by execution, for both decodings of the same weights.
+
+Contract: `main_eval(argv)` loads a model directory through `engine.load_bundle` (the
+serving path), builds each problem's prompt with `prompt.PromptBuilder`, completes the
+middle twice — block diffusion through the canvas (`Engine.generate`) and greedy
+token-by-token decoding through the encoder's LM head (`Engine.generate_autoregressive`) —
+and runs prompt + completion + suffix + tests in a sandboxed subprocess (`run_program`).
+Rows report pass@1, exact match, forward passes and milliseconds per completion.
+
+The completion is post-processed the way an editor would insert it, and only that way: cut
+at EOS (the engine already does), single-line problems keep the first line, and a
+completion that ends mid-line gets its newline back (the suffix starts at a line start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from dglsp.config import ContextSettings, EngineSettings, PostprocessSettings, SamplerSettings
+from dglsp.corpus import HUMAN_EVAL_DIR
+from dglsp.engine import Engine, Generation, load_bundle
+from dglsp.postprocess import FILTERS, postprocess_edit
+from dglsp.prompt import CursorContext, PromptBuilder, PromptFormat
+
+BENCHMARKS = {
+    "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
+    "multi-line": "HumanEval-MultiLineInfilling.jsonl.gz",
+    "random-span": "HumanEval-RandomSpanInfillingLight.jsonl.gz",
+}
+MEMORY_LIMIT_BYTES = 1 << 30
+OUTPUT_LIMIT_BYTES = 10 << 20
+PROBLEM_PATH = "solution.py"  # the `<|file|>` header every problem is shown under
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str  # code before the gap
+    suffix: str  # code after the gap
+    canonical_solution: str
+    test: str
+    entry_point: str
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    passed: bool
+    status: str  # "passed" | "failed" | "timeout"
+    detail: str = ""
+
+
+@dataclass
+class Row:
+    decoding: str
+    benchmark: str
+    problems: int = 0
+    passed: int = 0
+    exact: int = 0
+    forward_passes: float = 0.0
+    ms_per_completion: float = 0.0
+
+    @property
+    def pass_at_1(self) -> float:
+        return self.passed / self.problems if self.problems else 0.0
+
+    @property
+    def exact_match(self) -> float:
+        return self.exact / self.problems if self.problems else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "pass_at_1": self.pass_at_1, "exact_match": self.exact_match}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Problems and the execution harness
+
+
+def load_problems(benchmark: str, data_dir: Path = HUMAN_EVAL_DIR, limit: int = 0) -> list[Problem]:
+    """Problems of one benchmark; with `limit`, evenly spaced across it (so every HumanEval task can appear)."""
+    path = data_dir / BENCHMARKS[benchmark]
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        problems = [Problem(**json.loads(line)) for line in handle]
+    if limit and limit < len(problems):
+        stride = len(problems) / limit
+        problems = [problems[int(i * stride)] for i in range(limit)]
+    return problems
+
+
+def program_for(problem: Problem, completion: str) -> str:
+    """The upstream harness's program (prompt + completion + suffix + test + check call), run for real here."""
+    return (problem.prompt + completion + problem.suffix + "\n" + problem.test + "\n"
+            + f"check({problem.entry_point})\n")
+
+
+def _limit_resources(timeout_s: float) -> None:
+    # Runs in the child before exec: a runaway completion can neither eat the machine's memory,
+    # fill its disk, nor spin past the timeout even if the parent dies.
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT_BYTES, OUTPUT_LIMIT_BYTES))
+    cpu = int(timeout_s) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def run_program(source: str, timeout_s: float = 10.0) -> ExecutionResult:
+    """Execute `source` with `python -I` in a fresh temporary directory, a timeout and resource limits."""
+    with tempfile.TemporaryDirectory(prefix="dglsp-eval-") as workdir:
+        script = Path(workdir) / "program.py"
+        script.write_text(source, encoding="utf-8")
+        env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        process = subprocess.Popen(
+            [sys.executable, "-I", str(script)], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            preexec_fn=lambda: _limit_resources(timeout_s),
+        )
+        try:
+            _, stderr = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the whole session: the program may have forked
+            process.communicate()
+            return ExecutionResult(False, "timeout")
+    if process.returncode == 0:
+        return ExecutionResult(True, "passed")
+    return ExecutionResult(False, "failed", stderr.decode("utf-8", "replace")[-500:])
+
+
+def check_completion(problem: Problem, completion: str, timeout_s: float = 10.0) -> ExecutionResult:
+    return run_program(program_for(problem, completion), timeout_s)
+
+
+def postprocess(text: str, problem: Problem, single_line: bool) -> str:
+    """Shape the decoded middle as the editor would insert it (see the module docstring)."""
+    if single_line:
+        text = text.split("\n", 1)[0]
+    if problem.prompt.endswith("\n") and not text.endswith("\n"):
+        text += "\n"
+    return text
+
+
+def pipeline_completion(decoded: str, problem: Problem, variant: str = "pipeline") -> str:
+    """The completion as `dglsp serve` would show it (`postprocess.postprocess_edit`), for a user who
+    opened a blank line at the gap: the cursor is on that line, the problem's suffix starts below it.
+    `variant` "pipeline-NAME" switches the filter NAME off."""
+    skip = frozenset({variant.removeprefix("pipeline-")}) if variant.startswith("pipeline-") else frozenset()
+    context = CursorContext(problem.prompt, "\n" + problem.suffix, PROBLEM_PATH, "python")
+    edit = postprocess_edit(decoded, context, PostprocessSettings(), skip=skip)
+    return (edit.text if edit else "") + "\n"
+
+
+def is_exact(completion: str, problem: Problem) -> bool:
+    def normal(text: str) -> list[str]:
+        return [line.rstrip() for line in text.strip("\n").splitlines()]
+
+    return normal(completion) == normal(problem.canonical_solution)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running the model
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    benchmarks: tuple[str, ...] = ("single-line", "multi-line")
+    decodings: tuple[str, ...] = ("diffusion", "autoregressive")
+    limit: int = 0
+    max_canvases_multi_line: int = 2
+    timeout_s: float = 10.0
+    seed: int = 0
+    pipeline: bool = False  # also score dglsp's post-processing (and each filter switched off) on the same outputs
+
+
+def complete(engine: Engine, decoding: str, prompt_ids: list[int], sampler: SamplerSettings) -> tuple[Generation, int]:
+    """One completion and its forward passes (encoder calls + decoder calls over canvases)."""
+    if decoding == "diffusion":
+        generation = engine.generate(prompt_ids, sampler)
+        return generation, generation.stats.steps + generation.stats.encoder_passes
+    if decoding == "autoregressive":
+        generation = engine.generate_autoregressive(prompt_ids, sampler.canvas_length * sampler.max_canvases)
+        return generation, generation.stats.encoder_passes  # every token is one encoder pass
+    raise ValueError(f"unknown decoding {decoding!r}")
+
+
+def evaluate(engine: Engine, builder: PromptBuilder, base_sampler: SamplerSettings, options: EvalOptions,
+             log: Callable[[str], None] = lambda message: None) -> dict:
+    tokenizer = engine.bundle.tokenizer
+    rows: list[Row] = []
+    blank_floor = None
+    for benchmark in options.benchmarks:
+        problems = load_problems(benchmark, limit=options.limit)
+        single_line = benchmark == "single-line"
+        canvases = 1 if single_line else options.max_canvases_multi_line
+        sampler = replace(base_sampler, max_canvases=canvases, seed=options.seed)
+        prompts = [builder.build(CursorContext(p.prompt, p.suffix, path=PROBLEM_PATH)).ids for p in problems]
+        if single_line:
+            blank = sum(check_completion(p, "\n", options.timeout_s).passed for p in problems)
+            blank_floor = blank / len(problems)
+        for decoding in options.decodings:
+            complete(engine, decoding, prompts[0], sampler)  # warm-up, not timed: first calls allocate
+            row = Row(decoding, benchmark, problems=len(problems))
+            names = ("pipeline", *(f"pipeline-{name}" for name in FILTERS)) if options.pipeline else ()
+            extra = {name: Row(f"{decoding}+{name}", benchmark, problems=len(problems)) for name in names}
+            for problem, prompt_ids in zip(problems, prompts, strict=True):
+                begin = time.perf_counter()
+                generation, passes = complete(engine, decoding, prompt_ids, sampler)
+                row.ms_per_completion += (time.perf_counter() - begin) * 1000 / len(problems)
+                row.forward_passes += passes / len(problems)
+                decoded = tokenizer.decode(generation.token_ids, skip_special_tokens=True)
+                for variant, variant_row in extra.items():
+                    piped = pipeline_completion(decoded, problem, variant)
+                    variant_row.passed += check_completion(problem, piped, options.timeout_s).passed
+                    variant_row.exact += is_exact(piped, problem)
+                text = postprocess(tokenizer.decode(generation.token_ids, skip_special_tokens=True), problem,
+                                   single_line)
+                result = check_completion(problem, text, options.timeout_s)
+                row.passed += result.passed
+                row.exact += is_exact(text, problem)
+                log(f"{decoding} {problem.task_id} {result.status}: {text!r}")
+            rows.append(row)
+            for variant_row in extra.values():
+                variant_row.forward_passes, variant_row.ms_per_completion = row.forward_passes, row.ms_per_completion
+                rows.append(variant_row)
+    return {"rows": [r.as_dict() for r in rows], "blank_floor": blank_floor}
+
+
+def cold_latency_ms(engine: Engine, builder: PromptBuilder, sampler: SamplerSettings, prompt_tokens: int = 1000
+                    ) -> dict:
+    """One single-canvas completion with a ~1k-token context, on a fresh cache (nothing reused)."""
+    import sysconfig
+
+    source = (Path(sysconfig.get_paths()["stdlib"]) / "argparse.py").read_text()
+    settings = ContextSettings(max_prefix_tokens=prompt_tokens * 3 // 4, max_suffix_tokens=prompt_tokens // 4)
+    cursor = source.index("    def parse_known_args")
+    prompt = PromptBuilder(builder.tokenizer, builder.format, settings).build(
+        CursorContext(source[:cursor], source[cursor:], path="argparse.py"))
+    engine.generate(prompt.ids, replace(sampler, max_canvases=1, seed=0))  # warm-up
+    generation = engine.generate(prompt.ids, replace(sampler, max_canvases=1, seed=1))
+    return {"prompt_tokens": len(prompt.ids), "ms": round(generation.stats.total_ms, 1),
+            "steps": generation.stats.steps}
+
+
+def render(result: dict) -> str:
+    lines = [f"{'decoding':<28} {'benchmark':<12} {'n':>5} {'pass@1':>7} {'exact':>6} {'fwd':>6} {'ms':>8}"]
+    for row in result["rows"]:
+        lines.append(f"{row['decoding']:<28} {row['benchmark']:<12} {row['problems']:>5} {row['pass_at_1']:>7.3f} "
+                     f"{row['exact_match']:>6.3f} {row['forward_passes']:>6.1f} {row['ms_per_completion']:>8.0f}")
+    if result.get("blank_floor") is not None:
+        lines.append(f"blank-line floor (single-line): {result['blank_floor']:.3f}")
+    if result.get("cold_latency"):
+        latency = result["cold_latency"]
+        lines.append(f"cold completion, {latency['prompt_tokens']}-token context: {latency['ms']} ms "
+                     f"({latency['steps']} steps)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dglsp eval",
+        description="HumanEval-Infilling pass@1 (executed), exact match, forward passes and ms per completion, "
+                    "for block-diffusion and token-by-token decoding of the same weights.",
+    )
+    parser.add_argument("--model", default=None, help="model directory or Hugging Face id (default: embedded)")
+    parser.add_argument("--benchmark", action="append", choices=sorted(BENCHMARKS), default=None,
+                        help="repeatable (default: single-line and multi-line)")
+    parser.add_argument("--decoding", action="append", choices=["diffusion", "autoregressive"], default=None,
+                        help="repeatable (default: both)")
+    parser.add_argument("--limit", type=int, default=0, help="problems per benchmark, evenly spaced (0 = all)")
+    parser.add_argument("--max-canvases", type=int, default=2, help="canvases per multi-line completion")
+    parser.add_argument("--max-steps", type=int, default=None, help="denoising steps per canvas (default: model's)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per executed program")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (diffusion decoding)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--no-latency", action="store_true", help="skip the cold ~1k-token completion timing")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--record", action="store_true",
+                        help="write eval.json into the model directory and refresh its MODEL_CARD.md")
+    parser.add_argument("--verbose", action="store_true", help="print every completion and its outcome")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="also score dglsp's post-processing pipeline, and the pipeline without each filter, "
+                             "on the same generations (rows DECODING+pipeline, DECODING+pipeline-FILTER)")
+    return parser
+
+
+def main_eval(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    bundle = load_bundle(EngineSettings(model=args.model, device=args.device, threads=args.threads))
+    engine = Engine(bundle)
+    fmt = PromptFormat.for_model(bundle.meta, bundle.tokenizer)
+    builder = PromptBuilder(bundle.tokenizer, fmt, ContextSettings())
+    sampler = SamplerSettings(**bundle.meta.get("sampler", {"canvas_length": engine.default_canvas_length}))
+    if args.max_steps:
+        sampler = replace(sampler, max_steps=args.max_steps)
+    options = EvalOptions(
+        benchmarks=tuple(args.benchmark or ("single-line", "multi-line")),
+        decodings=tuple(args.decoding or ("diffusion", "autoregressive")),
+        limit=args.limit, max_canvases_multi_line=args.max_canvases, timeout_s=args.timeout, seed=args.seed,
+        pipeline=args.pipeline,
+    )
+    log = (lambda message: print(message, file=sys.stderr)) if args.verbose else (lambda message: None)
+    result = evaluate(engine, builder, sampler, options, log=log)
+    if not args.no_latency:
+        result["cold_latency"] = cold_latency_ms(engine, builder, sampler)
+    command = "dglsp eval " + " ".join(sys.argv[1:] if argv is None else argv)
+    # The load average says how far the timings can be trusted on a shared machine.
+    result.update(command=command, model=str(bundle.path), device=_device_name(bundle.device, args.threads),
+                  sampler=asdict(sampler), load_average=[round(x, 1) for x in os.getloadavg()])
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    if args.record:
+        (bundle.path / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        if (bundle.path / "MANIFEST.json").is_file():
+            from dglsp.train import write_model_card
+
+            write_model_card(bundle.path)
+    return 0
+
+
+def _device_name(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({threads or torch.get_num_threads()} threads)"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_eval())

@@ -1,0 +1,180 @@
+"""Per-document prefix KV cache for the encoder: re-encode only what changed since the last prompt.
+
+Contract: the engine asks `prepare(key, prompt_ids, encode)` for a cache holding the whole
+prompt. The prompt puts the suffix before the prefix (`prompt.py`), so typing at the cursor
+only appends tokens: we keep, per document, the prompt's token ids and every layer's full
+key/value history, find the longest common prefix with the new ids, and run the encoder
+over the rest only.
+
+Why we keep full histories instead of a `DynamicCache`: a sliding-window layer of a
+`DynamicCache` keeps only its last `window - 1` tokens, so once the window is full it
+cannot be cropped back (`DynamicSlidingWindowLayer.crop` raises, see FACTS.md). We store
+every token's K/V and build a fresh `DynamicCache` *view* per use: sliding layers get the
+last `window - 1` tokens of the kept prefix (exactly what they would hold after a plain
+prefill) and full layers get all of it. Views share storage with the kept tensors but
+never write into them (`DynamicLayer.update` concatenates into new tensors), so chaining
+canvases through a view leaves the stored cache equal to the prompt.
+
+Eviction is LRU under a byte budget; an entry larger than the budget is simply not kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PretrainedConfig
+
+
+@dataclass
+class _Entry:
+    token_ids: list[int]
+    keys: list[torch.Tensor | None]  # per layer [1, heads, T, head_dim]; None for a layer that holds nothing
+    values: list[torch.Tensor | None]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values) if t is not None)
+
+
+@dataclass
+class PrefixCacheStats:
+    lookups: int = 0
+    hits: int = 0  # lookups that reused at least one token
+    reused_tokens: int = 0
+    encoded_tokens: int = 0
+    evictions: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    limit = min(len(a), len(b))
+    for index in range(limit):
+        if a[index] != b[index]:
+            return index
+    return limit
+
+
+EncodeFn = Callable[[DynamicCache, list[int]], object]  # appends ids to the cache (the engine's encoder)
+
+
+class PrefixCache:
+    """LRU of per-document encoder caches under `budget_bytes` (0 disables keeping anything)."""
+
+    def __init__(self, config: PretrainedConfig, budget_bytes: int):
+        self.config = config.get_text_config(decoder=True)
+        self.budget_bytes = budget_bytes
+        self.stats = PrefixCacheStats()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(entry.nbytes for entry in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def prepare(self, key: str | None, prompt_ids: list[int], encode: EncodeFn, keep_last: bool = False,
+                should_stop: Callable[[], bool] = lambda: False, chunk_tokens: int = 256) -> tuple[
+            DynamicCache | None, int]:
+        """A cache holding `prompt_ids`, and how many of them were reused rather than encoded.
+
+        `keep_last=True` always re-encodes the last token (callers that need its hidden state).
+        With `key=None` nothing is looked up or kept: a plain prefill. New tokens are encoded
+        `chunk_tokens` at a time with `should_stop` checked in between, so a cancel during a cold
+        prefill frees the device within one chunk; the cache is then None, but the part encoded so
+        far is kept, and the next request for the document starts from it.
+        """
+        with self._lock:
+            entry = self._entries.get(key) if key is not None else None
+            if entry is not None:
+                self._entries.move_to_end(key)
+        reused = common_prefix_length(entry.token_ids, prompt_ids) if entry is not None else 0
+        if keep_last:
+            reused = min(reused, len(prompt_ids) - 1)
+        work = self._view(entry, reused, record_past=True)
+        new_ids = prompt_ids[reused:]
+        encoded = 0
+        while encoded < len(new_ids):
+            encode(work, new_ids[encoded:encoded + chunk_tokens])
+            encoded = min(len(new_ids), encoded + chunk_tokens)
+            if encoded < len(new_ids) and should_stop():
+                break
+        merged = self._merge(entry, reused, work, encoded, prompt_ids[:reused + encoded])
+        if key is not None:
+            self._record(reused, encoded)
+            self._keep(key, merged)
+        if encoded < len(new_ids):
+            return None, reused
+        return self._view(merged, len(prompt_ids), record_past=False), reused
+
+    def _record(self, reused: int, encoded: int) -> None:
+        self.stats.lookups += 1
+        self.stats.hits += reused > 0
+        self.stats.reused_tokens += reused
+        self.stats.encoded_tokens += encoded
+
+    def _keep(self, key: str, entry: _Entry) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            if entry.nbytes > self.budget_bytes:
+                return
+            self._entries[key] = entry
+            while sum(e.nbytes for e in self._entries.values()) > self.budget_bytes:
+                self._entries.popitem(last=False)
+                self.stats.evictions += 1
+
+    def _view(self, entry: _Entry | None, length: int, record_past: bool) -> DynamicCache:
+        """A `DynamicCache` holding the first `length` tokens of `entry`, as a plain prefill would leave it."""
+        cache = DynamicCache(config=self.config)
+        for index, layer in enumerate(cache.layers):
+            if layer.is_sliding and record_past:
+                # Keep every new token's K/V in the layer so `_merge` can read them back.
+                layer.activate_past_recording()
+            if entry is None or length == 0 or entry.keys[index] is None:
+                continue
+            keys, values = entry.keys[index][:, :, :length], entry.values[index][:, :, :length]
+            if layer.is_sliding:
+                start = max(0, length - (layer.sliding_window - 1))
+                keys, values = keys[:, :, start:], values[:, :, start:]
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+            if layer.is_sliding:
+                layer.cumulative_length = length
+        return cache
+
+    @staticmethod
+    def _merge(entry: _Entry | None, reused: int, work: DynamicCache, new: int, prompt_ids: list[int]) -> _Entry:
+        """The kept prefix of `entry` followed by the K/V the encoder just wrote into `work`."""
+        keys: list[torch.Tensor | None] = []
+        values: list[torch.Tensor | None] = []
+        for index, layer in enumerate(work.layers):
+            old_keys = entry.keys[index] if entry is not None and reused else None
+            old_values = entry.values[index] if entry is not None and reused else None
+            if not layer.is_initialized or layer.keys is None or layer.keys.numel() == 0:
+                keys.append(old_keys[:, :, :reused] if old_keys is not None else None)
+                values.append(old_values[:, :, :reused] if old_values is not None else None)
+                continue
+            held = layer.keys.shape[-2]  # [1, heads, held, head_dim]: the new tokens are the last `new`
+            new_keys, new_values = layer.keys[:, :, held - new:], layer.values[:, :, held - new:]
+            if old_keys is not None:
+                new_keys = torch.cat([old_keys[:, :, :reused], new_keys], dim=-2)
+                new_values = torch.cat([old_values[:, :, :reused], new_values], dim=-2)
+            keys.append(new_keys)
+            values.append(new_values)
+        return _Entry(list(prompt_ids), keys, values)

@@ -1,0 +1,44 @@
+"""Latency counters the server keeps and `dglsp.stats` reports (read by `dglsp bench`).
+
+Plain counters, no LSP and no tensors: where the forward passes went (suggestions shown,
+work thrown away, speculation), how often typing-through answered, and the process's memory.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class LatencyMetrics:
+    requests: int = 0  # automatic completion requests
+    shown: int = 0  # requests answered with a suggestion (model or typing-through)
+    typing_through_served: int = 0
+    forward_passes_shown: int = 0  # spent on suggestions that reached the editor
+    forward_passes_empty: int = 0  # finished runs whose output post-processing threw away
+    forward_passes_wasted: int = 0  # spent on work cancelled before it could be shown
+    forward_passes_speculative: int = 0
+    speculative_runs: int = 0
+    deadline_hits: int = 0
+
+    def count_run(self, forward_passes: int, outcome: str) -> None:
+        """`outcome`: shown | empty | wasted | speculative."""
+        field = f"forward_passes_{outcome}"
+        setattr(self, field, getattr(self, field) + forward_passes)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def memory_mb() -> dict[str, float]:
+    """Resident and peak resident memory of this process in MiB (Linux /proc, else getrusage's peak)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        kib = {name: float(fields[name].split()[0]) for name in ("VmRSS", "VmHWM") if name in fields}
+        if kib:
+            return {"rss_mb": kib.get("VmRSS", 0.0) / 1024, "peak_rss_mb": kib.get("VmHWM", 0.0) / 1024}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"rss_mb": peak, "peak_rss_mb": peak}

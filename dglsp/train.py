@@ -1,0 +1,735 @@
+"""`dglsp train`: from the corpus on this machine to a shipped model directory, resumable.
+
+Contract: `main_train(argv)` builds (or reuses, from `--work-dir`) the corpus, the tokenizer
+and a pre-split file list; then trains a DiffusionGemma of a size preset and exports a model
+directory that `engine.load_bundle` loads. Everything the run needs to go on — checkpoint,
+log, corpus cache — lives in `--work-dir`, so running the same command again resumes.
+
+One training step follows DiffusionGemma's recipe (NeMo Automodel), written on the model's
+encoder and decoder calls because `forward()` returns no loss:
+
+1. The causal encoder reads the FIM prompt (built with `prompt.encode_fim`, exactly as served)
+   and writes the KV cache; the same pass gives a next-token loss on every prompt token.
+2. The canvas (middle, EOS, padding) is corrupted with uniform random tokens at rate
+   t ~ U(eps, 1); the bidirectional decoder denoises it against the cache, at positions
+   continuing after the prompt, as at inference. `--canvases-per-prompt` noisy copies share
+   one encoder pass (the decoder is cheap next to the encoder).
+3. Self-conditioning: a first decoder pass without gradient; its logits are fed to the second
+   pass for a random half of the canvases.
+4. The encoder continues over middle + EOS from the cache (how token-by-token decoding runs),
+   adding next-token loss on the clean middle.
+
+Canvas cross-entropy is weighted: middle tokens and EOS 1, padding `--pad-weight`, so easy
+padding does not dominate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrainedTokenizerBase
+
+from dglsp import corpus, modelzoo
+from dglsp.config import SamplerSettings
+from dglsp.prompt import CursorContext, PromptFormat, encode_fim, trim_to_tokens
+
+DEFAULT_WORK_DIR = Path(os.environ.get("DGLSP_TRAIN_DIR", Path.home() / "dglsp-train"))
+MIDDLE_KINDS = ("rest_of_line", "whole_line", "block", "span")
+MIDDLE_KIND_WEIGHTS = (0.25, 0.35, 0.2, 0.2)
+Log = Callable[[str], None]
+HELD_OUT_EVERY = 97  # one file in ~100 (by a stable hash of its path) is held out
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "small"
+    vocab_size: int = 4096
+    batch_size: int = 8
+    canvases_per_prompt: int = 4
+    max_prefix_tokens: int = 384
+    max_suffix_tokens: int = 192
+    lr: float = 1e-3
+    warmup_steps: int = 60
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    t_eps: float = 1e-3
+    pad_weight: float = 0.1
+    ar_weight: float = 1.0
+    self_conditioning_prob: float = 0.5
+    seed: int = 0
+    max_steps: int = 0  # 0 = until --minutes runs out
+    minutes: float = 0.0  # 0 = until --max-steps
+    eval_every: int = 100
+    eval_examples: int = 48
+    checkpoint_minutes: float = 5.0
+    export_minutes: float = 10.0
+    device: str = "cpu"
+    threads: int = 0
+    max_package_bytes: int = 6_000_000
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens_seen: int = 0  # prompt + canvas tokens through the model
+    loss_tokens_seen: int = 0  # tokens that carried a loss
+    train_seconds: float = 0.0
+    best_held_out: float = math.inf
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Example:
+    """One FIM example: the prompt ids as served, the middle ids (no EOS), and what kind of gap it is."""
+
+    header: list[int]  # <bos> <|file|> path\n <|suffix|>
+    suffix: list[int]
+    prefix_marker: int
+    prefix: list[int]
+    middle_marker: int
+    middle: list[int]
+    kind: str
+
+    def prompt(self) -> list[int]:
+        return self.header + self.suffix + [self.prefix_marker] + self.prefix + [self.middle_marker]
+
+    def trimmable(self) -> int:
+        return len(self.prefix) + len(self.suffix)
+
+    def trim_prompt(self, excess: int) -> None:
+        """Drop `excess` tokens: first from the far end of the prefix, then from the far end of the suffix."""
+        assert excess <= self.trimmable(), "cannot trim the prompt below its fixed tokens"
+        from_prefix = min(excess, len(self.prefix))
+        self.prefix = self.prefix[from_prefix:]
+        rest = excess - from_prefix
+        self.suffix = self.suffix[: len(self.suffix) - rest]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Examples
+
+
+def choose_gap(text: str, rng: random.Random) -> tuple[int, int, str]:
+    """A (start, end) character span to blank out, shaped like a real completion."""
+    lines = text.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    candidates = [i for i, line in enumerate(lines) if line.strip()]
+    kind = rng.choices(MIDDLE_KINDS, MIDDLE_KIND_WEIGHTS)[0]
+    if not candidates:
+        return 0, len(text), "span"
+    index = rng.choice(candidates)
+    line_start, line_end = starts[index], starts[index + 1]
+    if kind == "rest_of_line":
+        body = lines[index].rstrip("\n")
+        indent = len(body) - len(body.lstrip())
+        cut = rng.randint(indent, max(indent, len(body) - 1))
+        return line_start + cut, line_start + len(body), kind
+    if kind == "whole_line":
+        return line_start, line_end, kind
+    if kind == "block":
+        count = rng.randint(2, 6)
+        return line_start, starts[min(len(lines), index + count)], kind
+    start = rng.randint(line_start, line_end - 1)
+    return start, min(len(text), start + rng.randint(1, 120)), kind
+
+
+def make_example(
+    file: corpus.SourceFile, rng: random.Random, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
+    canvas_length: int, max_prefix_tokens: int, max_suffix_tokens: int,
+) -> Example:
+    text = file.text
+    start, end, kind = choose_gap(text, rng)
+    middle = tokenizer.encode(text[start:end], add_special_tokens=False)
+    if len(middle) > canvas_length - 1:  # keep room for EOS; the cut end becomes the start of the suffix
+        middle = middle[: canvas_length - 1]
+        end = start + len(tokenizer.decode(middle))
+    # The serving path's own trimming (whole lines, prefix keeps its end, suffix its start).
+    prefix_text = trim_to_tokens(tokenizer, text[max(0, start - 8 * max_prefix_tokens):start], max_prefix_tokens, "end")
+    suffix_text = trim_to_tokens(tokenizer, text[end:end + 8 * max_suffix_tokens], max_suffix_tokens, "start")
+    ids = encode_fim(tokenizer, fmt, CursorContext(prefix_text, suffix_text, path=file.path))
+    token = tokenizer.convert_tokens_to_ids
+    prefix_at = ids.index(token(fmt.tokens["prefix"]))
+    suffix_at = ids.index(token(fmt.tokens["suffix"]))
+    return Example(
+        header=ids[: suffix_at + 1], suffix=ids[suffix_at + 1:prefix_at], prefix_marker=ids[prefix_at],
+        prefix=ids[prefix_at + 1:-1], middle_marker=ids[-1], middle=middle, kind=kind,
+    )
+
+
+@dataclass
+class Batch:
+    prompt_ids: torch.Tensor  # [B, L]: equal lengths, so no attention mask is needed anywhere
+    canvas_ids: torch.Tensor  # [B, C]: middle, EOS, padding
+    canvas_weights: torch.Tensor  # [B, C]
+    continuation_ids: torch.Tensor  # [B, M+1]: middle + EOS, right-padded (padding only attends to itself)
+    continuation_mask: torch.Tensor  # [B, M+1]
+
+
+def collate(examples: list[Example], canvas_length: int, pad_id: int, eos_id: int, pad_weight: float) -> Batch:
+    """Trim every prompt to the shortest in the batch (examples arrive grouped by length, so little is lost)."""
+    length = min(len(e.prompt()) for e in examples)
+    # A long file path can make an example's fixed tokens longer than the shortest prompt: leave it out.
+    examples = [e for e in examples if len(e.prompt()) - e.trimmable() <= length]
+    for example in examples:
+        example.trim_prompt(len(example.prompt()) - length)
+    prompts = torch.tensor([e.prompt() for e in examples], dtype=torch.long)
+    canvas = torch.full((len(examples), canvas_length), pad_id, dtype=torch.long)
+    weights = torch.full((len(examples), canvas_length), pad_weight)
+    width = max(len(e.middle) for e in examples) + 1
+    continuation = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    continuation_mask = torch.zeros((len(examples), width), dtype=torch.bool)
+    for row, example in enumerate(examples):
+        clean = example.middle + ([eos_id] if len(example.middle) < canvas_length else [])
+        canvas[row, : len(clean)] = torch.tensor(clean)
+        weights[row, : len(clean)] = 1.0
+        continuation[row, : len(example.middle) + 1] = torch.tensor(example.middle + [eos_id])
+        continuation_mask[row, : len(example.middle) + 1] = True
+    return Batch(prompts, canvas, weights, continuation, continuation_mask)
+
+
+class ExampleStream:
+    """Batches of examples grouped by prompt length, deterministic in (seed, step) so a resumed run goes on."""
+
+    def __init__(self, files: list[corpus.SourceFile], tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
+                 cfg: TrainConfig, canvas: int):
+        self.files = files
+        self.weights = [len(f.text) ** 0.5 for f in files]  # sqrt: long files matter more, without dominating
+        self.tokenizer, self.fmt, self.cfg, self.canvas = tokenizer, fmt, cfg, canvas
+        self.pool: list[Example] = []
+
+    def batch(self, step: int) -> Batch:
+        if len(self.pool) < self.cfg.batch_size:
+            self.pool = self._fill(step)
+        examples, self.pool = self.pool[: self.cfg.batch_size], self.pool[self.cfg.batch_size:]
+        return collate(examples, self.canvas, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+                       self.cfg.pad_weight)
+
+    def _fill(self, step: int) -> list[Example]:
+        rng = random.Random(self.cfg.seed * 1_000_003 + step)
+        chosen = rng.choices(self.files, self.weights, k=self.cfg.batch_size * 8)
+        examples = [self._example(f, rng) for f in chosen]
+        examples.sort(key=lambda e: len(e.prompt()))
+        batches = [examples[i:i + self.cfg.batch_size] for i in range(0, len(examples), self.cfg.batch_size)]
+        rng.shuffle(batches)
+        return [e for b in batches for e in b]
+
+    def _example(self, file: corpus.SourceFile, rng: random.Random) -> Example:
+        return make_example(file, rng, self.tokenizer, self.fmt, self.canvas,
+                            self.cfg.max_prefix_tokens, self.cfg.max_suffix_tokens)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loss
+
+
+def lm_logits(model: DiffusionGemmaForBlockDiffusion, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head with Gemma's final soft-capping, as `DiffusionGemmaForBlockDiffusion.forward` applies it."""
+    logits = model.lm_head(hidden).float()
+    cap = model.final_logit_softcapping
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def corrupt(canvas: torch.Tensor, vocab_size: int, t_eps: float, generator: torch.Generator) -> torch.Tensor:
+    """Uniform-token noise: each position is replaced by a random token with probability t ~ U(eps, 1)."""
+    rows = canvas.shape[0]
+    t = torch.rand(rows, 1, generator=generator, device=canvas.device) * (1 - t_eps) + t_eps
+    replace = torch.rand(canvas.shape, generator=generator, device=canvas.device) < t
+    noise = torch.randint(0, vocab_size, canvas.shape, generator=generator, device=canvas.device)
+    return torch.where(replace, noise, canvas)
+
+
+def training_loss(
+    model: DiffusionGemmaForBlockDiffusion, batch: Batch, cfg: TrainConfig, generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    text_config = model.config.get_text_config()
+    vocab = text_config.vocab_size
+    batch_size, prompt_length = batch.prompt_ids.shape
+    canvas_length = batch.canvas_ids.shape[1]
+    repeats = cfg.canvases_per_prompt
+    # 1. Encoder over the prompt: the KV cache for the decoder, and next-token loss on the prompt.
+    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+    positions = torch.arange(prompt_length, device=batch.prompt_ids.device).unsqueeze(0).expand(batch_size, -1)
+    encoded = model.model.encoder(input_ids=batch.prompt_ids, past_key_values=cache, position_ids=positions)
+    prompt_logits = lm_logits(model, encoded.last_hidden_state)
+    # 2. Decoder over `repeats` noisy copies of each canvas, sharing the prompt's cache.
+    cache.batch_repeat_interleave(repeats)
+    clean = batch.canvas_ids.repeat_interleave(repeats, 0)
+    weights = batch.canvas_weights.repeat_interleave(repeats, 0)
+    noisy = corrupt(clean, vocab, cfg.t_eps, generator)
+    canvas_positions = torch.arange(prompt_length, prompt_length + canvas_length, device=clean.device)
+    canvas_positions = canvas_positions.unsqueeze(0).expand(clean.shape[0], -1)
+
+    def decode(self_conditioning: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        out = model(decoder_input_ids=noisy, past_key_values=cache, decoder_position_ids=canvas_positions,
+                    self_conditioning_logits=self_conditioning, self_conditioning_mask=mask)
+        return out.logits
+
+    # 3. Self-conditioning (two-pass): the first pass is not trained, as in the recipe.
+    with torch.no_grad():
+        first = decode(None, None)
+    use_sc = torch.rand(clean.shape[0], generator=generator, device=clean.device) < cfg.self_conditioning_prob
+    canvas_logits = decode(first.detach(), use_sc)
+    canvas_ce = F.cross_entropy(canvas_logits.reshape(-1, vocab), clean.reshape(-1), reduction="none")
+    canvas_loss = (canvas_ce * weights.reshape(-1)).sum() / weights.sum()
+    # 4. Encoder continues over middle + EOS from the cache (token-by-token decoding's view).
+    cache.batch_select_indices(torch.arange(0, clean.shape[0], repeats, device=clean.device))
+    width = batch.continuation_ids.shape[1]
+    continuation_positions = torch.arange(prompt_length, prompt_length + width, device=clean.device)
+    continued = model.model.encoder(
+        input_ids=batch.continuation_ids, past_key_values=cache,
+        position_ids=continuation_positions.unsqueeze(0).expand(batch_size, -1),
+    )
+    continuation_logits = lm_logits(model, continued.last_hidden_state)
+    # Targets: prompt[1:], then the first continuation token from the last prompt position, then the rest.
+    ar_logits = torch.cat([prompt_logits, continuation_logits[:, :-1]], dim=1)
+    ar_targets = torch.cat([batch.prompt_ids[:, 1:], batch.continuation_ids], dim=1)
+    ar_mask = torch.cat([torch.ones_like(batch.prompt_ids[:, 1:], dtype=torch.bool), batch.continuation_mask], 1)
+    ar_ce = F.cross_entropy(ar_logits.reshape(-1, vocab), ar_targets.reshape(-1), reduction="none")
+    ar_loss = (ar_ce * ar_mask.reshape(-1)).sum() / ar_mask.sum()
+    middle_mask = weights == 1.0
+    canvas_ce, ar_ce = canvas_ce.detach(), ar_ce.detach()
+    stats = {
+        "canvas": canvas_loss.item(), "ar": ar_loss.item(),
+        "canvas_middle": ((canvas_ce * middle_mask.reshape(-1)).sum() / middle_mask.sum()).item(),
+        "ar_middle": ((ar_ce.reshape(batch_size, -1)[:, prompt_length - 1:] * batch.continuation_mask).sum()
+                      / batch.continuation_mask.sum()).item(),
+        "tokens": batch_size * (prompt_length + width) + clean.numel(),
+        "loss_tokens": int(ar_mask.sum()) + clean.numel(),
+    }
+    return canvas_loss + cfg.ar_weight * ar_loss, stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data preparation (cached in the work dir)
+
+
+def prepare(work_dir: Path, cfg: TrainConfig, log: Log) -> tuple[list[corpus.SourceFile], list[corpus.SourceFile],
+                                                             PreTrainedTokenizerBase, dict]:
+    files_path, manifest_path, tokenizer_dir = work_dir / "corpus.jsonl.gz", work_dir / "MANIFEST.json", \
+        work_dir / "tokenizer"
+    if files_path.is_file() and manifest_path.is_file() and (tokenizer_dir / "tokenizer.json").is_file():
+        files = corpus.load_files(files_path)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        manifest = json.loads(manifest_path.read_text())
+        log(f"reusing corpus ({len(files)} files) and tokenizer from {work_dir}")
+    else:
+        files, entries = corpus.build_corpus(cfg.max_package_bytes, log=log)
+        log(f"training the tokenizer (vocab {cfg.vocab_size})")
+        # The stdlib whole plus a third of the rest: BPE merges settle long before the corpus ends.
+        sample = [f.text for i, f in enumerate(files) if f.package == corpus.STDLIB or i % 3 == 0]
+        tokenizer = modelzoo.train_tokenizer(sample, cfg.vocab_size)
+        tokenizer.save_pretrained(tokenizer_dir)
+        corpus.count_tokens(files, entries, tokenizer)
+        manifest = corpus.manifest(entries)
+        corpus.save_files(files, files_path)
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    train_files = [f for f in files if not is_held_out(f)]
+    held_out = [f for f in files if is_held_out(f)] or train_files[:2]  # a toy corpus may hold none out
+    return train_files, held_out, tokenizer, manifest
+
+
+def is_held_out(file: corpus.SourceFile) -> bool:
+    import zlib
+
+    return zlib.crc32(f"{file.package}/{file.path}".encode()) % HELD_OUT_EVERY == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints and export
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
+                    cfg: TrainConfig) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": asdict(state),
+                "config": asdict(cfg)}, tmp)
+    os.replace(tmp, path)  # atomic: a run killed mid-save leaves the previous checkpoint intact
+
+
+def export_model(model: DiffusionGemmaForBlockDiffusion, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+                 manifest: dict, state: TrainState, cfg: TrainConfig, command: str) -> Path:
+    """Write a loadable model directory with fp16 weights, the corpus manifest and a model card."""
+    frozen = copy.deepcopy(model).eval()
+    biggest = max(p.detach().abs().max().item() for p in frozen.parameters())
+    dtype = torch.float16 if biggest < 60_000 else torch.bfloat16  # fp16 keeps more mantissa when it fits
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    sampler = SamplerSettings(canvas_length=model.config.canvas_length)
+    training = {
+        "preset": cfg.preset, "steps": state.step, "tokens_seen": state.tokens_seen,
+        "loss_tokens_seen": state.loss_tokens_seen, "train_hours": round(state.train_seconds / 3600, 3),
+        "best_held_out_loss": state.best_held_out if math.isfinite(state.best_held_out) else None,
+        "last": state.history[-1] if state.history else None,
+        "device": cfg.device, "threads": cfg.threads, "weights_dtype": str(dtype).removeprefix("torch."),
+        "parameters": sum(p.numel() for p in model.parameters()), "command": command, "config": asdict(cfg),
+    }
+    modelzoo.save_model_dir(frozen, tokenizer, out_dir, sampler=sampler, dtype=dtype, extra={"training": training})
+    (out_dir / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_model_card(out_dir)
+    return out_dir
+
+
+def write_model_card(model_dir: Path) -> None:
+    """MODEL_CARD.md from what the directory records: dglsp.json (training), MANIFEST.json, eval.json."""
+    meta = json.loads((model_dir / "dglsp.json").read_text())
+    training = meta.get("training", {})
+    manifest = json.loads((model_dir / "MANIFEST.json").read_text())
+    evaluation = json.loads((model_dir / "eval.json").read_text()) if (model_dir / "eval.json").is_file() else None
+    totals = manifest["totals"]
+    licenses = sorted({p["license"] for p in manifest["packages"]})
+    size_mb = sum(f.stat().st_size for f in model_dir.iterdir() if f.is_file()) / 1e6
+    lines = [
+        "# dglsp embedded model",
+        "",
+        "A small DiffusionGemma (`DiffusionGemmaForBlockDiffusion`) trained from scratch for code infilling,",
+        "in dglsp's FIM format: the encoder reads `<bos> <|file|> path\\n <|suffix|> SUFFIX <|prefix|> PREFIX",
+        "<|middle|>`; the canvas holds the middle, then `<eos>`, then `<pad>`.",
+        "",
+        "## Training",
+        "",
+        f"- Parameters: {training.get('parameters', 0):,} (preset `{training.get('preset')}`), weights stored as"
+        f" {training.get('weights_dtype')}; directory size {size_mb:.1f} MB.",
+        f"- Steps: {training.get('steps')}, tokens through the model: {training.get('tokens_seen', 0):,}"
+        f" ({training.get('loss_tokens_seen', 0):,} carried a loss), training time"
+        f" {training.get('train_hours')} h on `{training.get('device')}` ({training.get('threads')} thread(s)),"
+        f" {_tokens_per_second(training):,.0f} tokens/s.",
+        f"- Best held-out loss (canvas + AR): {training.get('best_held_out_loss')}; last eval: {training.get('last')}.",
+        "- Objective: uniform-token corruption of the canvas (t ~ U(eps, 1)), weighted canvas cross-entropy"
+        " (middle and EOS 1, padding down-weighted), two-pass self-conditioning (p = 0.5), and the encoder's"
+        " next-token loss on the whole prompt and the clean middle.",
+        f"- Command: `{training.get('command')}`",
+        "",
+        "## Data",
+        "",
+        f"- {totals['files']:,} Python files, {totals['bytes']:,} bytes, {totals['tokens']:,} tokens from"
+        f" {len(manifest['packages'])} packages (`MANIFEST.json`: package, version, licence, files, bytes, tokens).",
+        f"- Licences of the sources: {', '.join(licenses)}. Only permissive licences were admitted; the model is"
+        " released under Apache-2.0, like dglsp.",
+        f"- Filters: {json.dumps(manifest.get('filters', {}))}",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    if evaluation:
+        lines += render_eval_table(evaluation)
+        lines += ["", "## Status against the targets", ""] + status_lines(evaluation)
+    else:
+        lines.append("Not evaluated yet: run `dglsp eval --model DIR --record`.")
+    (model_dir / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def _tokens_per_second(training: dict) -> float:
+    hours = training.get("train_hours") or 0
+    return training.get("tokens_seen", 0) / (hours * 3600) if hours else 0.0
+
+
+def render_eval_table(evaluation: dict) -> list[str]:
+    lines = [f"HumanEval-Infilling, command: `{evaluation.get('command')}` on {evaluation.get('device')}.", "",
+             "| decoding | benchmark | problems | pass@1 | exact match | forward passes | ms / completion |",
+             "|---|---|---|---|---|---|---|"]
+    for row in evaluation["rows"]:
+        lines.append(f"| {row['decoding']} | {row['benchmark']} | {row['problems']} | {row['pass_at_1']:.3f} |"
+                     f" {row['exact_match']:.3f} | {row['forward_passes']:.1f} | {row['ms_per_completion']:.0f} |")
+    if evaluation.get("blank_floor") is not None:
+        lines += ["", f"Blank-middle floor (single-line, same problems): {evaluation['blank_floor']:.3f}."]
+    if evaluation.get("cold_latency"):
+        latency = evaluation["cold_latency"]
+        lines += ["", f"Cold completion (fresh cache, {latency['prompt_tokens']}-token context, one canvas):"
+                      f" {latency['ms']} ms, {latency['steps']} denoising steps."]
+    return lines
+
+
+def status_lines(evaluation: dict) -> list[str]:
+    """Plain statements computed from eval.json: what the numbers do and do not show."""
+    rows = {(r["decoding"], r["benchmark"]): r for r in evaluation["rows"]}
+    lines = []
+    floor = evaluation.get("blank_floor")
+    single = [r for (d, b), r in rows.items() if b == "single-line" and "+" not in d]
+    if single and floor is not None:
+        best = max(single, key=lambda r: r["pass_at_1"])
+        verdict = "clearly above" if best["pass_at_1"] >= max(2 * floor, floor + 0.05) else "not clearly above"
+        lines.append(f"- Single-line pass@1: best {best['pass_at_1']:.3f} ({best['decoding']}, {best['problems']}"
+                     f" problems) is {verdict} the blank-line floor {floor:.3f}; the goal is 0.15.")
+    for benchmark in ("single-line", "multi-line"):
+        diffusion, autoregressive = rows.get(("diffusion", benchmark)), rows.get(("autoregressive", benchmark))
+        if diffusion and autoregressive and autoregressive["forward_passes"]:
+            ratio = diffusion["forward_passes"] / autoregressive["forward_passes"]
+            lines.append(f"- {benchmark}: diffusion uses {ratio:.2f}x the forward passes of token-by-token decoding"
+                         f" (target <= 0.33){'' if ratio <= 1 / 3 else ': not met'}.")
+    latency = evaluation.get("cold_latency")
+    if evaluation.get("notes"):
+        lines.append(f"- Note: {evaluation['notes']}")
+    if latency:
+        load = evaluation.get("load_average")
+        lines.append(f"- Cold ~1k-token completion: {latency['ms']} ms (target <= 300 ms)"
+                     f"{'' if latency['ms'] <= 300 else ': not met'}"
+                     f"{f', measured at load average {load[0]}' if load else ''}.")
+    return lines
+
+
+def ship(export_dir: Path, ship_dir: Path) -> None:
+    """Replace `ship_dir` with a copy of the export, swapping whole directories.
+
+    A server starting meanwhile sees the old directory or the new one, never half of each.
+    """
+    staging = ship_dir.with_name(ship_dir.name + ".new")
+    retired = ship_dir.with_name(ship_dir.name + ".old")
+    for leftover in (staging, retired):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    shutil.copytree(export_dir, staging)
+    for file in staging.iterdir():
+        file.chmod(0o644)  # safetensors writes 0600; the package must be readable by whoever installs it
+    if ship_dir.exists():
+        ship_dir.rename(retired)
+    staging.rename(ship_dir)
+    if retired.exists():
+        shutil.rmtree(retired)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def held_out_batches(files: list[corpus.SourceFile], tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
+                     cfg: TrainConfig, canvas: int) -> list[Batch]:
+    eval_cfg = TrainConfig(**{**asdict(cfg), "seed": 12345, "batch_size": 8})
+    stream = ExampleStream(files, tokenizer, fmt, eval_cfg, canvas)
+    return [stream.batch(i) for i in range(max(1, cfg.eval_examples // 8))]
+
+
+@torch.no_grad()
+def held_out_loss(model: DiffusionGemmaForBlockDiffusion, batches: list[Batch], cfg: TrainConfig) -> dict[str, float]:
+    generator = torch.Generator(device=batches[0].prompt_ids.device).manual_seed(0)
+    totals: dict[str, float] = {}
+    model.eval()
+    for batch in batches:
+        loss, stats = training_loss(model, batch, cfg, generator)
+        for key in ("canvas", "ar", "canvas_middle", "ar_middle"):
+            totals[key] = totals.get(key, 0.0) + stats[key] / len(batches)
+        totals["loss"] = totals.get("loss", 0.0) + float(loss) / len(batches)
+    model.train()
+    return {k: round(v, 4) for k, v in totals.items()}
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    # Constant after warmup: the run is resumed session after session with no known end.
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return Batch(*(getattr(batch, f).to(device) for f in batch.__dataclass_fields__))
+
+
+def train(cfg: TrainConfig, work_dir: Path, export_dir: Path, ship_dir: Path | None, command: str,
+          log: Log = print, progress: bool = True) -> TrainState:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    train_files, held_out, tokenizer, manifest = prepare(work_dir, cfg, log)
+    fmt = PromptFormat("fim", dict(modelzoo.SPECIAL_TOKENS))
+    preset = modelzoo.PRESETS[cfg.preset]
+    model = modelzoo.build_model(preset, len(tokenizer), seed=cfg.seed).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    state = TrainState()
+    checkpoint = work_dir / "checkpoint.pt"
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = TrainState(**saved["state"])
+        log(f"resumed from {checkpoint} at step {state.step} ({state.tokens_seen:,} tokens seen)")
+    log(f"model: preset {cfg.preset}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{len(train_files)} training files, {len(held_out)} held out")
+    stream = ExampleStream(train_files, tokenizer, fmt, cfg, preset.canvas_length)
+    eval_batches = [to_device(b, device) for b in held_out_batches(held_out, tokenizer, fmt, cfg, preset.canvas_length)]
+    generator = torch.Generator(device=device).manual_seed(cfg.seed + state.step)
+    begin = time.monotonic()
+    last_checkpoint = last_export = begin
+    if not export_dir.exists():  # the first export comes early, so a default model exists within minutes
+        last_export = begin - max(0.0, cfg.export_minutes - 3) * 60
+    bar = _progress_bar(cfg, state, progress)
+    window: list[dict] = []
+    stop = _stop_on_signals()
+    while not _done(cfg, state, begin) and not stop:
+        step_begin = time.monotonic()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(state.step, cfg)
+        batch = to_device(stream.batch(state.step), device)
+        loss, stats = training_loss(model, batch, cfg, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        state.step += 1
+        state.tokens_seen += stats["tokens"]
+        state.loss_tokens_seen += stats["loss_tokens"]
+        state.train_seconds += time.monotonic() - step_begin
+        window.append(stats)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(canvas=f"{stats['canvas']:.3f}", ar=f"{stats['ar']:.3f}", refresh=False)
+        if state.step % 20 == 0:
+            log(_window_summary(state, window))
+            window = []
+        if state.step % cfg.eval_every == 0:
+            held = held_out_loss(model, eval_batches, cfg)
+            held["step"] = state.step
+            held["tokens_seen"] = state.tokens_seen
+            state.history.append(held)
+            log(f"held-out step {state.step}: {held}")
+        now = time.monotonic()
+        if now - last_checkpoint >= cfg.checkpoint_minutes * 60:
+            save_checkpoint(checkpoint, model, optimizer, state, cfg)
+            last_checkpoint = now
+        if now - last_export >= cfg.export_minutes * 60:
+            _export_and_ship(model, tokenizer, export_dir, ship_dir, manifest, state, cfg, command, eval_batches, log)
+            save_checkpoint(checkpoint, model, optimizer, state, cfg)
+            last_export = last_checkpoint = time.monotonic()
+    if stop:
+        log(f"signal {stop[0]} received: checkpointing and exporting at step {state.step}")
+    save_checkpoint(checkpoint, model, optimizer, state, cfg)
+    _export_and_ship(model, tokenizer, export_dir, ship_dir, manifest, state, cfg, command, eval_batches, log)
+    if bar is not None:
+        bar.close()
+    return state
+
+
+def _export_and_ship(model: DiffusionGemmaForBlockDiffusion, tokenizer: PreTrainedTokenizerBase, export_dir: Path,
+                     ship_dir: Path | None, manifest: dict, state: TrainState, cfg: TrainConfig, command: str,
+                     eval_batches: list[Batch], log: Log) -> None:
+    held = held_out_loss(model, eval_batches, cfg)
+    improved = held["loss"] < state.best_held_out
+    if improved:
+        state.best_held_out = held["loss"]
+    export_model(model, tokenizer, export_dir, manifest, state, cfg, command)
+    log(f"exported step {state.step} to {export_dir} (held-out {held['loss']:.4f})")
+    if ship_dir is not None and improved:
+        ship(export_dir, ship_dir)
+        log(f"shipped step {state.step} to {ship_dir}")
+
+
+def _stop_on_signals() -> list[int]:
+    """SIGTERM/SIGINT end the loop after the current step, so the run checkpoints and exports before exiting."""
+    import signal
+    import threading
+
+    received: list[int] = []
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, frame: received.append(number))
+    return received
+
+
+def _done(cfg: TrainConfig, state: TrainState, begin: float) -> bool:
+    if cfg.max_steps and state.step >= cfg.max_steps:
+        return True
+    if cfg.minutes and time.monotonic() - begin >= cfg.minutes * 60:
+        return True
+    return False  # neither bound: train until stopped (the background run), checkpointing as it goes
+
+
+def _window_summary(state: TrainState, window: list[dict]) -> str:
+    mean = {k: sum(w[k] for w in window) / len(window) for k in ("canvas", "ar", "canvas_middle", "ar_middle")}
+    rate = state.tokens_seen / state.train_seconds if state.train_seconds else 0.0
+    return (f"step {state.step} tokens {state.tokens_seen:,} canvas {mean['canvas']:.3f} "
+            f"(middle {mean['canvas_middle']:.3f}) ar {mean['ar']:.3f} (middle {mean['ar_middle']:.3f}) "
+            f"{rate:,.0f} tok/s")
+
+
+def _progress_bar(cfg: TrainConfig, state: TrainState, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm  # a dependency of transformers
+
+    # Without --max-steps the bar has no end: it counts steps and shows the rate.
+    return tqdm(total=cfg.max_steps or None, initial=state.step, desc="train", unit="step",
+                mininterval=5 if sys.stderr.isatty() else 60)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="dglsp train",
+        description="Train the embedded DiffusionGemma from the permissively licensed Python on this machine. "
+                    "Re-running the same command resumes from the checkpoint in --work-dir.",
+    )
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+                        help="corpus cache, tokenizer, checkpoint and log (default: %(default)s)")
+    parser.add_argument("--export-dir", type=Path, default=None,
+                        help="where the latest model directory is written (default: WORK_DIR/export)")
+    parser.add_argument("--ship-to", type=Path, default=None,
+                        help="copy each export whose held-out loss improved here (e.g. dglsp/embedded)")
+    parser.add_argument("--preset", choices=sorted(modelzoo.PRESETS), default=defaults.preset, help="model size")
+    parser.add_argument("--device", default=defaults.device, help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads (0 = default)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="stop at this total step count")
+    parser.add_argument("--minutes", type=float, default=defaults.minutes, help="stop after this many minutes")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--canvases-per-prompt", type=int, default=defaults.canvases_per_prompt)
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (constant after warmup)")
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    parser.add_argument("--pad-weight", type=float, default=defaults.pad_weight,
+                        help="canvas loss weight of padding positions (middle and EOS weigh 1)")
+    parser.add_argument("--max-prefix-tokens", type=int, default=defaults.max_prefix_tokens)
+    parser.add_argument("--max-suffix-tokens", type=int, default=defaults.max_suffix_tokens)
+    parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every, help="steps between held-out losses")
+    parser.add_argument("--checkpoint-minutes", type=float, default=defaults.checkpoint_minutes)
+    parser.add_argument("--export-minutes", type=float, default=defaults.export_minutes)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    return parser
+
+
+def main_train(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = TrainConfig(
+        preset=args.preset, vocab_size=args.vocab_size, batch_size=args.batch_size,
+        canvases_per_prompt=args.canvases_per_prompt, max_prefix_tokens=args.max_prefix_tokens,
+        max_suffix_tokens=args.max_suffix_tokens, lr=args.lr, warmup_steps=args.warmup_steps,
+        pad_weight=args.pad_weight, seed=args.seed,
+        max_steps=args.max_steps, minutes=args.minutes, eval_every=args.eval_every,
+        checkpoint_minutes=args.checkpoint_minutes, export_minutes=args.export_minutes, device=args.device,
+        threads=args.threads,
+    )
+    work_dir = args.work_dir.expanduser()
+    export_dir = (args.export_dir or work_dir / "export").expanduser()
+    command = "dglsp train " + " ".join(sys.argv[1:] if argv is None else argv)
+    log_file = work_dir / "train.log"
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    def log(message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        print(line, flush=True)
+        with log_file.open("a") as handle:
+            handle.write(line + "\n")
+
+    state = train(cfg, work_dir, export_dir, args.ship_to, command, log=log, progress=not args.no_progress)
+    log(f"done: step {state.step}, {state.tokens_seen:,} tokens seen, export in {export_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_train())

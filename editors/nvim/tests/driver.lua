@@ -1,0 +1,288 @@
+-- Drives the plugin in a headless Neovim against a real `dglsp serve`, like a user typing.
+--
+-- Run: DGLSP_CMD='["python","-m","dglsp","serve","--model","DIR"]' DGLSP_OUT=out.json DGLSP_WORKDIR=dir \
+--        nvim --headless --clean --cmd 'set rtp^=editors/nvim' -c 'luafile editors/nvim/tests/driver.lua'
+-- Writes what it saw (buffer text, extmarks, counters, :messages, :checkhealth) as JSON to $DGLSP_OUT
+-- and quits. It checks nothing itself: tests/test_nvim.py asserts on that JSON.
+local out = assert(vim.env.DGLSP_OUT, "DGLSP_OUT")
+local draft_section
+local results = { steps = {}, server_log = {}, sent = {}, responses = {} }
+local co
+
+local function finish(err)
+  results.error = err or vim.NIL
+  results.messages = vim.api.nvim_exec2("messages", { output = true }).output
+  local file = assert(io.open(out, "w"))
+  file:write(vim.json.encode(results))
+  file:close()
+  vim.cmd("qall!")
+end
+
+local function sleep(ms)
+  vim.defer_fn(function()
+    local ok, err = coroutine.resume(co)
+    if not ok then
+      finish(debug.traceback(co, err))
+    end
+  end, ms)
+  coroutine.yield()
+end
+
+local function wait_for(condition, timeout_ms)
+  local waited = 0
+  while not condition() do
+    if waited >= timeout_ms then
+      return false
+    end
+    sleep(20)
+    waited = waited + 20
+  end
+  return true
+end
+
+-- Keys go through mappings ("m") as if typed ("t"); they run when the driver yields.
+local function press(keys)
+  vim.api.nvim_feedkeys(vim.keycode(keys), "mt", false)
+  sleep(30)
+end
+
+local dglsp, ghost, inline
+local bufnr
+
+local function snapshot(name)
+  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+  local step = {
+    name = name,
+    lines = vim.api.nvim_buf_get_lines(bufnr, 0, -1, false),
+    cursor = { row - 1, col },
+    mode = vim.fn.mode(),
+    ghost = ghost.shown(bufnr) or vim.NIL,
+    items = inline.inspect(bufnr).items,
+    index = inline.inspect(bufnr).index,
+    stats = vim.deepcopy(inline.stats),
+    responses_seen = #results.responses,
+  }
+  table.insert(results.steps, step)
+  return step
+end
+
+-- Type characters until a suggestion from the server shows (random weights may offer nothing).
+local function type_until_ghost(chars)
+  for char in chars:gmatch(".") do
+    press(char)
+    if wait_for(function() return ghost.shown(bufnr) ~= nil end, 15000) then
+      return true
+    end
+  end
+  return false
+end
+
+local draft
+results.draft = { renders = {}, progress = {}, attempts = 0 }
+
+-- Every ghost render, and whether a draft was still in flight when it happened.
+local function record_renders()
+  local render = ghost.render
+  ghost.render = function(buf, row, col, text)
+    local state = draft.inspect()
+    table.insert(results.draft.renders, { row = row, col = col, text = text or vim.NIL,
+                                          drafting = state ~= nil and state.drafting })
+    return render(buf, row, col, text)
+  end
+  vim.api.nvim_create_autocmd("LspProgress", {
+    callback = function(args)
+      local params = args.data.params
+      if type(params.token) == "string" and params.token:match("^dglsp/draft/") then
+        table.insert(results.draft.progress, { token = params.token, kind = params.value.kind,
+                                               message = params.value.message or vim.NIL })
+      end
+    end,
+  })
+end
+
+function draft_section()
+  draft = require("dglsp.draft")
+  record_renders()
+  -- Insert mode at the end of the first line; random weights may draft nothing at one spot: try a few.
+  vim.api.nvim_win_set_cursor(0, { 1, 0 })
+  press("A")
+  local shown = false
+  for char in ("  x"):gmatch(".") do
+    results.draft.attempts = results.draft.attempts + 1
+    results.draft.renders = {}
+    results.draft.progress = {}
+    press("<M-d>")
+    wait_for(function() local s = draft.inspect(); return s == nil or not s.drafting end, 60000)
+    local state = draft.inspect()
+    if state and state.text then
+      shown = true
+      break
+    end
+    press(char)
+  end
+  results.draft.shown = shown
+  local step = snapshot("draft shown")
+  step.draft = draft.inspect() or vim.NIL
+  step.draft_stats = vim.deepcopy(draft.stats)
+  press("<Tab>")
+  snapshot("draft accepted")
+  press("<Esc>")
+
+  -- The dismiss key while drafting cancels it: nothing is inserted.
+  vim.api.nvim_win_set_cursor(0, { 1, 0 })
+  press("A")
+  local cancelled_before = draft.stats.cancelled
+  snapshot("before dismissed draft")
+  press("<M-d>")
+  results.draft.dismiss_inflight = draft.inspect() and draft.inspect().request_id or vim.NIL
+  press("<C-]>")
+  sleep(1000)
+  snapshot("draft dismissed while drafting")
+  results.draft.dismiss_cancelled = draft.stats.cancelled - cancelled_before
+  press("<Esc>")
+
+  -- Visual mode: the draft goes after the selection (an instruction comment); :DglspDraftCancel stops it.
+  vim.api.nvim_buf_set_lines(bufnr, -1, -1, false, { "# add two numbers", "# and return their sum" })
+  vim.api.nvim_win_set_cursor(0, { vim.api.nvim_buf_line_count(bufnr) - 1, 0 })
+  snapshot("before cancelled draft")
+  press("Vj<M-d>")
+  results.draft.visual_inflight = draft.inspect() and draft.inspect().request_id or vim.NIL
+  vim.cmd("DglspDraftCancel")
+  sleep(1000)
+  snapshot("draft cancelled")
+end
+
+local function main()
+  local settings = vim.json.decode(vim.env.DGLSP_SETTINGS or "{}")
+  -- A mapping the user had before setup: it must still work when no suggestion is shown.
+  vim.keymap.set("i", "<M-[>", "PREV")
+  dglsp = require("dglsp")
+  ghost = require("dglsp.ghost")
+  inline = require("dglsp.inline")
+  local opts = { cmd = vim.json.decode(vim.env.DGLSP_CMD), settings = settings, debounce_ms = 30 }
+  vim.o.showmode = false
+  dglsp.setup(opts)
+  results.lsp_autocmds = { #vim.api.nvim_get_autocmds({ group = "dglsp.lsp" }) }
+  dglsp.setup(opts) -- idempotent: no second mapping, autocmd or server
+  table.insert(results.lsp_autocmds, #vim.api.nvim_get_autocmds({ group = "dglsp.lsp" }))
+  results.tab_map_desc = vim.fn.maparg("<Tab>", "i", false, true).desc
+
+  vim.lsp.handlers["window/logMessage"] = function(_, params)
+    table.insert(results.server_log, params.message)
+  end
+
+  vim.cmd.edit(vim.env.DGLSP_WORKDIR .. "/sample.py")
+  vim.bo.filetype = "python"
+  vim.bo.expandtab = false
+  local ready = wait_for(function()
+    local status
+    require("dglsp.lsp").status(function(_, s) status = s end)
+    wait_for(function() return status ~= nil end, 2000)
+    return status and status.ready
+  end, 120000)
+  results.ready = ready
+  -- Record what goes over the wire (method, id), below the plugin, at the RPC transport.
+  local rpc = vim.lsp.get_clients({ name = "dglsp" })[1].rpc
+  local request, notify = rpc.request, rpc.notify
+  rpc.request = function(method, params, callback, on_reply)
+    local id
+    local function record(err, result)
+      table.insert(results.responses, { id = id, method = method, error = err or vim.NIL, result = result or vim.NIL })
+      return callback(err, result)
+    end
+    local ok
+    ok, id = request(method, params, record, on_reply)
+    table.insert(results.sent, { method = method, id = id,
+                                 params = method == "workspace/executeCommand" and params or vim.NIL })
+    return ok, id
+  end
+  rpc.notify = function(method, params)
+    table.insert(results.sent, { method = method, id = method == "$/cancelRequest" and params.id or vim.NIL })
+    return notify(method, params)
+  end
+  results.clients = #vim.lsp.get_clients({ name = "dglsp" })
+  if not ready then
+    return finish("server never became ready")
+  end
+
+  -- 1. Type, see ghost text, accept it with <Tab>.
+  vim.api.nvim_win_set_cursor(0, { 2, 0 })
+  press("A")
+  results.first_ghost = type_until_ghost(" retun")
+  snapshot("ghost")
+  press("<Tab>")
+  snapshot("accepted")
+
+  -- 2. Keep typing: a keystroke while a request is in flight cancels it; a new suggestion follows.
+  press("<CR>")
+  local saw_inflight = wait_for(function() return inline.inspect(bufnr).inflight ~= nil end, 5000)
+  local before = snapshot("in flight")
+  before.saw_inflight = saw_inflight
+  before.inflight = inline.inspect(bufnr).inflight
+  press("x")
+  local after = snapshot("typed over")
+  after.inflight = inline.inspect(bufnr).inflight or vim.NIL
+  results.second_ghost = type_until_ghost(" = 1")
+  snapshot("new ghost")
+
+  -- 3. Dismiss: the ghost goes, the buffer stays.
+  press("<C-]>")
+  snapshot("dismissed")
+
+  -- 4. No suggestion shown: keys do what they did before (the user's mapping, a literal <Tab>).
+  press("<M-[>")
+  press("<Esc>")
+  snapshot("left insert mode")
+  press("o<Tab>")
+  snapshot("tab without suggestion")
+
+  -- 5. Several items: cycle; partial accepts keep the rest on screen.
+  inline.reset(bufnr)
+  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+  inline.set_items(bufnr, row - 1, col, { "alpha", "foo bar\nbaz" })
+  snapshot("two items")
+  press("<M-]>")
+  snapshot("next")
+  press("<M-Right>")
+  snapshot("accept word")
+  press("<M-C-Right>")
+  snapshot("accept line")
+  press("<M-C-Right>")
+  snapshot("accept line again")
+  press("<Esc>")
+
+  -- 6. Drafts (:DglspDraft): what was drawn while drafting, what the server streamed, accept, cancel.
+  draft_section()
+
+  -- 6. Status, toggle, health.
+  local status_text
+  dglsp.status(function(text) status_text = text end)
+  wait_for(function() return status_text ~= nil end, 5000)
+  results.status = status_text
+  vim.cmd("DglspToggle")
+  results.enabled_after_toggle = inline.enabled
+  vim.cmd("DglspToggle")
+  vim.cmd("checkhealth dglsp")
+  results.health = vim.api.nvim_buf_get_lines(0, 0, -1, false)
+  finish(nil)
+end
+
+co = coroutine.create(function()
+  bufnr = 0
+  local ok, err = xpcall(function()
+    vim.api.nvim_create_autocmd("BufEnter", {
+      pattern = "*.py",
+      callback = function(args) bufnr = args.buf end,
+    })
+    main()
+  end, debug.traceback)
+  if not ok then
+    finish(err)
+  end
+end)
+vim.schedule(function()
+  local ok, err = coroutine.resume(co)
+  if not ok then
+    finish(err)
+  end
+end)

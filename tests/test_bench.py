@@ -1,0 +1,73 @@
+"""`dglsp bench`: its helpers, and a fast smoke run of the whole replay against the real server."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from dglsp import bench
+from dglsp.cli import main
+
+
+def synthetic_source(functions_before: int = 40) -> str:
+    filler = "".join(f"def helper_{i}(x):\n    return x * {i} + 1\n\n\n" for i in range(functions_before))
+    target = ('def mean(values):\n    """The arithmetic mean of a non-empty sequence."""\n    total = 0\n'
+              "    for value in values:\n        total += value\n    return total / len(values)\n")
+    return filler + target + "\n\nprint(mean([1, 2, 3]))\n"
+
+
+def test_pick_functions_removes_the_function_and_fits_the_budget(tmp_path, tiny_tokenizer):
+    source = tmp_path / "module.py"
+    source.write_text(synthetic_source())
+    prefix_tokens = len(tiny_tokenizer.encode(source.read_text().split("def mean")[0]))
+    plans = bench.pick_functions([source], tiny_tokenizer, 1, prefix_budget=int(prefix_tokens * 1.3),
+                                 max_chars=400, rng=random.Random(0))
+    assert len(plans) == 1
+    plan = plans[0]
+    assert plan.target.startswith("def mean(values):")
+    assert plan.document[: plan.offset] + plan.target + plan.document[plan.offset:] == source.read_text()
+    assert plan.prefix_tokens == prefix_tokens
+
+
+def test_pick_functions_explains_when_nothing_fits(tmp_path, tiny_tokenizer):
+    source = tmp_path / "module.py"
+    source.write_text(synthetic_source(1))
+    with pytest.raises(SystemExit, match="no function"):
+        bench.pick_functions([source], tiny_tokenizer, 1, prefix_budget=4000, max_chars=400, rng=random.Random(0))
+
+
+def test_baseline_turns_the_latency_features_off():
+    args = bench.build_parser().parse_args(["--baseline", "--context-tokens", "1024"])
+    options = bench.server_settings(args)
+    assert options["latency"] == {"prefix_cache": False, "typing_through": False, "speculative": False}
+    assert options["context"]["max_prefix_tokens"] + options["context"]["max_suffix_tokens"] == 1024
+    assert "latency" not in bench.server_settings(bench.build_parser().parse_args([]))
+
+
+def test_percentile():
+    assert bench.percentile([], 0.5) is None
+    assert bench.percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert bench.percentile([float(v) for v in range(1, 101)], 0.95) == 95.0
+
+
+@pytest.mark.e2e
+@pytest.mark.slow  # a whole replay: ~30 s on an idle 2-core machine, minutes on a loaded one
+def test_bench_smoke_run_reports_every_metric(tmp_path, tiny_model_dir, tiny_tokenizer, capsys):
+    source = tmp_path / "module.py"
+    source.write_text(synthetic_source())
+    prefix_tokens = len(tiny_tokenizer.encode(source.read_text().split("def mean")[0]))
+    context_tokens = int(prefix_tokens * 1.5)  # 7/8 of it is the prefix budget: ~1.3x the code before `mean`
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", str(tiny_model_dir), "--files", str(source), "--functions", "1",
+                 "--context-tokens", str(context_tokens), "--time-scale", "0.05", "--completions", "1", "--tokens", "8",
+                 "--settings", '{"sampler": {"max_steps": 4}}', "--json-file", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert "time-to-suggestion after a pause" in table and "block diffusion speed-up" in table
+    assert result["keystrokes"] >= 1 and result["requests"] >= 1
+    assert result["forward_passes_shown"] + result["forward_passes_empty"] + result["forward_passes_wasted"] > 0
+    assert result["prefix_cache_hit_rate"] is not None and result["server_rss_mb"] > 0
+    assert result["side_by_side"]["ar_fp"] >= 1 and result["side_by_side"]["diffusion_fp"] >= 1

