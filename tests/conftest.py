@@ -33,6 +33,15 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     return modelzoo.save_model_dir(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and on a busy machine two threads spin against each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

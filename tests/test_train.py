@@ -19,13 +19,7 @@ FMT = PromptFormat("fim", dict(modelzoo.SPECIAL_TOKENS))
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and on a busy machine two threads spin against each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stdlib_sources(names=("textwrap.py", "bisect.py", "heapq.py", "fnmatch.py", "colorsys.py")):
