@@ -18,6 +18,7 @@ import {
   ApplyWorkspaceEditRequest,
   CancellationTokenSource,
   type ClientCapabilities,
+  DidChangeConfigurationNotification,
   DidChangeTextDocumentNotification,
   DidOpenTextDocumentNotification,
   ExecuteCommandRequest,
@@ -329,6 +330,10 @@ test("dglsp.draft: progress on a server-created token, then one edit on the draf
 });
 
 test("dglsp.draft cancelled through its token: $/cancelRequest goes out, nothing is applied", async () => {
+  // A schedule that takes seconds per canvas, so the cancel lands mid-draft even on a fast machine
+  // (a draft that already finished and was applied cannot be taken back by a late cancel).
+  const slow = { ...options, sampler: { ...options.sampler, max_steps: 512 }, draft: { max_tokens: 4096 } };
+  await connection.sendNotification(DidChangeConfigurationNotification.type, { settings: slow });
   const edits = appliedEdits.length;
   const tokens = draftTokens().length;
   const source = new CancellationTokenSource();
@@ -344,4 +349,5 @@ test("dglsp.draft cancelled through its token: $/cancelRequest goes out, nothing
   await assert.rejects(pending, (error: unknown) => error instanceof ResponseError && error.code === LSPErrorCodes.RequestCancelled);
   await sleep(300);
   assert.equal(appliedEdits.length, edits, "a cancelled draft was applied");
+  await connection.sendNotification(DidChangeConfigurationNotification.type, { settings: options });
 });
