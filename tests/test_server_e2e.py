@@ -103,7 +103,7 @@ async def test_second_request_supersedes_the_first(tiny_model_dir):
     client = await start(tiny_model_dir, SLOW)
     open_document(client)
     first = asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(2, 11)))
-    await asyncio.sleep(1.5)  # let the first reach the device
+    await wait_until_generating(client)
     second = asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(2, 11)))
     await asyncio.sleep(0.2)
     begin = time.monotonic()
@@ -125,7 +125,7 @@ async def test_did_change_stops_the_running_generation(tiny_model_dir):
     client = await start(tiny_model_dir, SLOW)
     open_document(client)
     pending = asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(2, 11)))
-    await asyncio.sleep(1.5)
+    await wait_until_generating(client)
     client.text_document_did_change(types.DidChangeTextDocumentParams(
         text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
         content_changes=[types.TextDocumentContentChangePartial(
@@ -143,7 +143,7 @@ async def test_cancel_request_stops_generation(tiny_model_dir):
     client = await start(tiny_model_dir, SLOW)
     open_document(client)
     pending = asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(2, 11)))
-    await asyncio.sleep(1.5)
+    await wait_until_generating(client)
     client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=_last_request_id(client)))
     with pytest.raises(Exception, match="cancel"):
         await pending
@@ -196,6 +196,19 @@ async def test_completion_fallback_for_clients_without_inline_completion(tiny_mo
         assert item.text_edit.new_text.strip()
     await client.shutdown_session()
     await client.stop()
+
+
+async def wait_until_generating(client: LanguageClient) -> None:
+    """Return once the model is loaded and the pending request has been on the device a moment.
+
+    A fixed sleep races on a fast machine: one SLOW canvas takes about a second, so acting 0.3 s
+    after the model is ready lands mid-canvas however fast or slow the machine is."""
+    for _ in range(1200):
+        reports = client.progress_reports.get("dglsp/load-model", [])
+        if reports and isinstance(reports[-1], types.WorkDoneProgressEnd):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
 
 
 async def raw_request(client: LanguageClient, method: str, params) -> object:
