@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dglsp import __version__
 from dglsp.config import Settings
@@ -23,8 +24,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", help="Hugging Face id or local model directory (default: the embedded model "
                        "shipped in the package); weights load from safetensors only")
     group.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    group.add_argument("--dtype", default="auto", help="auto (bfloat16 on cuda, float32 elsewhere), float32, "
-                       "bfloat16 or float16")
+    group.add_argument("--dtype", default="auto", help="auto (bfloat16 on cuda and on CPUs with bf16 matmuls, "
+                       "else float32), float32, bfloat16 or float16")
     group.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="allow a model directory to run its own Python code (off unless you pass this)")
@@ -34,6 +35,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="local: load the model here; remote: send prompts to --url (--model then only names "
                         "the tokenizer the prompts are built with)")
     remote.add_argument("--url", help="server base URL, e.g. http://gpu-box:8000 or http://host/openai/v1 (KServe)")
+    remote.add_argument("--allow-remote-host", action="append", default=[], metavar="HOST",
+                        help="serve: a host the editor's remote.url may name (repeatable; loopback and --url's "
+                        "host are always allowed)")
     remote.add_argument("--api-key", help="bearer key for the server (default: $DGLSP_API_KEY)")
     remote.add_argument("--remote-model", help="model name the server serves (default: its only model)")
     remote.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
@@ -90,8 +94,10 @@ def _setup_logging(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from dglsp.config import ServeSettings
 
+    hosts = {*args.allow_remote_host, *([urlsplit(args.url).hostname or ""] if args.url else [])}
     serve = ServeSettings(token=args.token or os.environ.get("DGLSP_TOKEN") or None,
-                          debug_requests=args.debug_requests, allow_remote_code=args.trust_remote_code)
+                          debug_requests=args.debug_requests, allow_remote_code=args.trust_remote_code,
+                          remote_hosts=frozenset(host.lower() for host in hosts if host))
     if args.tcp is not None and not serve.token:  # before the heavy imports: fail fast
         raise SystemExit("dglsp serve --tcp needs a token: pass --token or set DGLSP_TOKEN")
     from dglsp.server import build_server

@@ -19,7 +19,7 @@ from dglsp.config import Settings
 from dglsp.engine import Generation, GenerationStats, ModelBundle
 from dglsp.errors import DeviceOutOfMemoryError
 from dglsp.postprocess import postprocess, postprocess_edit
-from dglsp.prompt import CursorContext, PromptBuilder, PromptFormat, cursor_windows
+from dglsp.prompt import CursorContext, PrefixAnchors, PromptBuilder, PromptFormat, cursor_windows
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,17 @@ class Completer:
         self.tokenizer = bundle.tokenizer
         self.format = PromptFormat.for_model(bundle.meta, bundle.tokenizer)
         self.special_ids = set(self.tokenizer.all_special_ids)
+        self.anchors = PrefixAnchors(self.tokenizer)
 
     def context_at(
-        self, text: str, offset: int, settings: Settings, path: str = "", language_id: str = ""
+        self, text: str, offset: int, settings: Settings, path: str = "", language_id: str = "",
+        key: str | None = None,
     ) -> CursorContext:
-        prefix, suffix = cursor_windows(text, offset, settings.context)
+        """The windows around the cursor; with `key` (the document URI) the prefix keeps a sticky start."""
+        if key is None:
+            prefix, suffix = cursor_windows(text, offset, settings.context)
+        else:
+            prefix, suffix = self.anchors.windows(key, text, offset, settings.context)
         return CursorContext(encodable(prefix), encodable(suffix), path, language_id)
 
     def complete(

@@ -51,11 +51,15 @@ class ContextSettings:
     max_snippets: int = 4
     # Windows are cut in characters before tokenizing so a 10 MB file is never tokenized whole.
     chars_per_token: int = 8
+    # A prefix over budget is cut this fraction deeper, and that start line is kept while typing fills the
+    # slack: cutting exactly at the budget moves the start every line typed and misses the prefix KV cache.
+    prefix_slack: float = 0.25
 
     def validate(self) -> None:
         _require(16 <= self.max_prefix_tokens <= 131072, "max_prefix_tokens must be in 16..131072")
         _require(0 <= self.max_suffix_tokens <= 131072, "max_suffix_tokens must be in 0..131072")
         _require(1 <= self.chars_per_token <= 64, "chars_per_token must be in 1..64")
+        _require(0 <= self.prefix_slack < 1, "prefix_slack must be in [0, 1)")
         _require(self.snippets in ("auto", "on", "off"), "snippets must be auto, on or off")
         _require(0 <= self.max_snippet_tokens <= 32768, "max_snippet_tokens must be in 0..32768")
         _require(1 <= self.snippet_lines <= 200, "snippet_lines must be in 1..200")
@@ -99,7 +103,7 @@ class EngineSettings:
 
     model: str | None = None  # Hugging Face id or local directory; None = the embedded model
     device: str = "auto"  # auto = cuda > mps > cpu
-    dtype: str = "auto"  # auto = bfloat16 on cuda, float32 elsewhere
+    dtype: str = "auto"  # auto = bfloat16 on cuda and on CPUs with bf16 matmuls, float32 elsewhere
     threads: int = 0  # torch intra-op threads on the CPU; 0 = torch's default
     trust_remote_code: bool = False
     warmup: bool = True
@@ -181,6 +185,9 @@ class ServeSettings:
     debug_requests: bool = False  # answer `dglsp/documentText` (document-sync tests); never on in editors
     allow_remote_code: bool = False  # only `--trust-remote-code` may turn engine.trust_remote_code on
     max_message_mb: int = 256  # a larger Content-Length ends the session (a 10 MB file is ~11 MB of JSON)
+    # Hosts a client's `remote.url` may name (besides loopback): `--url`'s host and `--allow-remote-host`.
+    # A workspace's settings must not send the code and the API key to a server of its choosing.
+    remote_hosts: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

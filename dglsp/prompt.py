@@ -25,6 +25,7 @@ first changed token.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -104,6 +105,51 @@ def cursor_windows(text: str, offset: int, settings: ContextSettings) -> tuple[s
         newline = text.rfind("\n", offset, end)
         end = newline + 1 if newline != -1 else end
     return text[start:offset], text[offset:end]
+
+
+class PrefixAnchors:
+    """Sticky prefix windows for long documents, one start line per document (LRU-bounded).
+
+    The prefix ends at the cursor, so in a file longer than the budget a window cut exactly at the
+    budget starts one line later every line or so of typing, and the prompt's KV cache misses from
+    there on. Cut `prefix_slack` deeper instead and keep that start while the prefix still fits: typing
+    only appends, until the slack is used up.
+    """
+
+    HEAD_CHARS = 64  # text checked at the anchor: an edit above it moves the text and drops the anchor
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, capacity: int = 256):
+        self.tokenizer = tokenizer
+        self.capacity = capacity
+        self._anchors: OrderedDict[str, tuple[int, str]] = OrderedDict()
+
+    def windows(self, key: str, text: str, offset: int, settings: ContextSettings) -> tuple[str, str]:
+        """`cursor_windows`, with the prefix already cut to its token budget from the document's anchor."""
+        prefix, suffix = cursor_windows(text, offset, settings)
+        window_start = offset - len(prefix)
+        budget = settings.max_prefix_tokens
+        anchor = self._anchors.get(key)
+        if anchor is not None:
+            start, head = anchor
+            if (window_start <= start <= offset and text.startswith(head, start)
+                    and self._count(text[start:offset]) <= budget):
+                self._anchors.move_to_end(key)
+                return text[start:offset], suffix
+        if self._count(prefix) > budget:
+            prefix = trim_to_tokens(self.tokenizer, prefix, max(1, int(budget * (1 - settings.prefix_slack))),
+                                    keep="end")
+        start = offset - len(prefix)
+        self._anchors[key] = (start, text[start:start + self.HEAD_CHARS])
+        self._anchors.move_to_end(key)
+        while len(self._anchors) > self.capacity:
+            self._anchors.popitem(last=False)
+        return prefix, suffix
+
+    def forget(self, key: str) -> None:
+        self._anchors.pop(key, None)
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
 
 class PromptBuilder:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from lsprotocol import types
 from pygls.exceptions import (
@@ -304,7 +305,7 @@ class DglspServer(LanguageServer):
         if current != document.version:  # edited while the model was loading: no job existed to be stopped
             self._log_request(request_id, uri, f"cancelled (document changed to version {current})")
             return None
-        context = completer.context_at(document.text, offset, settings, document.path, document.language_id)
+        context = completer.context_at(document.text, offset, settings, document.path, document.language_id, key=uri)
         context = self._with_snippets(uri, context, completer, settings)
         on_step = self._live_canvas(uri, document.version, position) if latency.live_canvas and not draft else None
         try:
@@ -402,7 +403,7 @@ class DglspServer(LanguageServer):
                 self._speculating[uri] = (context_key(uri, text, offset), task)
             completer = await self.ready_completer()
             settings = self.settings
-            context = completer.context_at(text, offset, settings, document.path, document.language_id)
+            context = completer.context_at(text, offset, settings, document.path, document.language_id, key=uri)
             context = self._with_snippets(uri, context, completer, settings)
 
             def work(job):
@@ -526,17 +527,37 @@ async def _as_coroutine(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
 def _client_options(options: Any, serve: ServeSettings) -> tuple[Any, list[str]]:
-    """Drop what a client may not set: its TCP token, and running a model's own code without `--trust-remote-code`."""
+    """Drop what a client may not set: its TCP token, running a model's own code without `--trust-remote-code`,
+    and a remote server on a host the command line did not allow (workspace settings reach us as client
+    options: they must not send the code and the API key somewhere of their choosing)."""
     if not isinstance(options, dict):
         return options, []
     options = {key: value for key, value in options.items() if key != "token"}
+    refused = []
     engine = options.get("engine")
     if isinstance(engine, dict) and engine.get("trust_remote_code") and not serve.allow_remote_code:
         options["engine"] = {key: value for key, value in engine.items() if key != "trust_remote_code"}
-        return options, ["engine.trust_remote_code refused: only `dglsp serve --trust-remote-code` can allow a "
-                         "model to run its own code"]
-    return options, []
+        refused.append("engine.trust_remote_code refused: only `dglsp serve --trust-remote-code` can allow a "
+                       "model to run its own code")
+    remote = options.get("remote")
+    url = remote.get("url") if isinstance(remote, dict) else None
+    if isinstance(url, str) and url and not _allowed_remote(url, serve):
+        options["remote"] = {key: value for key, value in remote.items() if key != "url"}
+        refused.append(f"remote.url {url!r} refused: its host is not loopback, `--url`'s or an "
+                       "`--allow-remote-host` of `dglsp serve`")
+    return options, refused
+
+
+def _allowed_remote(url: str, serve: ServeSettings) -> bool:
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return False
+    return host in LOOPBACK_HOSTS or host in serve.remote_hosts
 
 
 def _to_lsp_error(exc: DglspError) -> JsonRpcException:
@@ -601,6 +622,7 @@ def build_server(settings: Settings | None = None, serve: ServeSettings | None =
         ls.recent_edits.forget(params.text_document.uri)
         if ls.completer is not None:
             ls.completer.engine.prefix_cache.drop(params.text_document.uri)
+            ls.completer.anchors.forget(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: DglspServer, params: types.InlineCompletionParams):

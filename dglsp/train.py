@@ -77,6 +77,9 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     export_minutes: float = 10.0
     device: str = "cpu"
+    # Mixed precision: "auto" = bf16 autocast where the hardware has bf16 matmuls (CUDA; CPUs with AVX512-BF16
+    # or AMX), fp32 elsewhere. Weights and optimizer state stay fp32. On this Zen 4 CPU bf16 is 2-3x faster.
+    precision: str = "auto"
     threads: int = 0
     max_package_bytes: int = 6_000_000
 
@@ -515,16 +518,33 @@ def held_out_batches(files: list[corpus.SourceFile], tokenizer: PreTrainedTokeni
 
 @torch.no_grad()
 def held_out_loss(model: DiffusionGemmaForBlockDiffusion, batches: list[Batch], cfg: TrainConfig) -> dict[str, float]:
-    generator = torch.Generator(device=batches[0].prompt_ids.device).manual_seed(0)
+    device = batches[0].prompt_ids.device
+    generator = torch.Generator(device=device).manual_seed(0)
     totals: dict[str, float] = {}
     model.eval()
     for batch in batches:
-        loss, stats = training_loss(model, batch, cfg, generator)
+        with autocast(autocast_dtype(cfg, device), device):
+            loss, stats = training_loss(model, batch, cfg, generator)
         for key in ("canvas", "ar", "canvas_middle", "ar_middle"):
             totals[key] = totals.get(key, 0.0) + stats[key] / len(batches)
         totals["loss"] = totals.get("loss", 0.0) + float(loss) / len(batches)
     model.train()
     return {k: round(v, 4) for k, v in totals.items()}
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `cfg.precision` on `device`, or None for plain fp32."""
+    if cfg.precision == "fp32":
+        return None
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -556,8 +576,9 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path, ship_dir: Path | N
         optimizer.load_state_dict(saved["optimizer"])
         state = TrainState(**saved["state"])
         log(f"resumed from {checkpoint} at step {state.step} ({state.tokens_seen:,} tokens seen)")
+    amp = autocast_dtype(cfg, device)
     log(f"model: preset {cfg.preset}, {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{len(train_files)} training files, {len(held_out)} held out")
+        f"{len(train_files)} training files, {len(held_out)} held out, {amp or torch.float32} compute on {device}")
     stream = ExampleStream(train_files, tokenizer, fmt, cfg, preset.canvas_length)
     eval_batches = [to_device(b, device) for b in held_out_batches(held_out, tokenizer, fmt, cfg, preset.canvas_length)]
     generator = torch.Generator(device=device).manual_seed(cfg.seed + state.step)
@@ -573,7 +594,8 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path, ship_dir: Path | N
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(state.step, cfg)
         batch = to_device(stream.batch(state.step), device)
-        loss, stats = training_loss(model, batch, cfg, generator)
+        with autocast(amp, device):
+            loss, stats = training_loss(model, batch, cfg, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -683,6 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="copy each export whose held-out loss improved here (e.g. dglsp/embedded)")
     parser.add_argument("--preset", choices=sorted(modelzoo.PRESETS), default=defaults.preset, help="model size")
     parser.add_argument("--device", default=defaults.device, help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=defaults.precision,
+                        help="compute precision (auto: bf16 autocast where the hardware is fast at it)")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads (0 = default)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="stop at this total step count")
@@ -712,7 +736,7 @@ def main_train(argv: list[str] | None = None) -> int:
         pad_weight=args.pad_weight, seed=args.seed,
         max_steps=args.max_steps, minutes=args.minutes, eval_every=args.eval_every,
         checkpoint_minutes=args.checkpoint_minutes, export_minutes=args.export_minutes, device=args.device,
-        threads=args.threads,
+        threads=args.threads, precision=args.precision,
     )
     work_dir = args.work_dir.expanduser()
     export_dir = (args.export_dir or work_dir / "export").expanduser()

@@ -22,10 +22,11 @@ from lsp_raw import QUICK_SAMPLER, RawServer
 from safetensors.torch import load_file, save_file
 
 from dglsp.completer import Completer
-from dglsp.config import EngineSettings, SamplerSettings, Settings
+from dglsp.config import EngineSettings, SamplerSettings, ServeSettings, Settings
 from dglsp.engine import Engine, load_bundle
 from dglsp.errors import DeviceOutOfMemoryError, ModelLoadError
 from dglsp.scheduler import Cancelled, Scheduler, WorkerCrashed
+from dglsp.server import _client_options
 
 SOURCE = "def add(a, b):\n    return \n"
 URI = "file:///faults/add.py"
@@ -92,6 +93,16 @@ def test_broken_model_directory_is_named_with_its_fix(tiny_model_dir, tmp_path, 
 
 def test_trust_remote_code_is_off_by_default():
     assert EngineSettings().trust_remote_code is False
+
+
+def test_client_settings_name_only_allowed_remote_hosts():
+    serve = ServeSettings(remote_hosts=frozenset({"gpu-box"}))
+    for url, allowed in (("http://127.0.0.1:8000", True), ("http://localhost/v1", True), ("http://[::1]:8000", True),
+                         ("http://GPU-box:8000/openai/v1", True), ("https://collector.example/v1", False),
+                         ("http://gpu-box.collector.example:8000", False), ("http://[bad", False)):
+        options, refused = _client_options({"remote": {"url": url, "model": "m"}, "token": "t"}, serve)
+        assert "token" not in options and options["remote"]["model"] == "m"
+        assert ("url" in options["remote"]) is allowed and bool(refused) is not allowed, url
 
 
 # -- out of memory during a generation -------------------------------------------------------------
@@ -196,10 +207,12 @@ def test_server_with_a_broken_model_reports_it_serves_empty_and_recovers(tiny_mo
     broken = broken_copy(tiny_model_dir, tmp_path, "truncated weights")
     server = RawServer(broken, stderr_path=tmp_path / "stderr.log")
     try:
-        server.initialize({"sampler": QUICK_SAMPLER, "engine": {"trust_remote_code": True}})
+        server.initialize({"sampler": QUICK_SAMPLER, "engine": {"trust_remote_code": True},
+                           "remote": {"url": "http://collector.example:8000/v1"}})
         errors = wait_for(lambda: shown(server, 1))
         assert "truncated" in errors[0] and "fetch the file again" in errors[0]
         assert any("trust_remote_code refused" in m for m in shown(server, 2))
+        assert any("collector.example" in m and "refused" in m for m in shown(server, 2))
         server.open(URI, SOURCE)
         assert server.inline(URI, 1, 11)["result"] == {"items": []}
         assert server.request("dglsp/status")["result"]["ready"] is False

@@ -17,7 +17,7 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir) -> Engine:
-    return Engine(load_bundle(EngineSettings(model=str(tiny_model_dir), device="cpu")))
+    return Engine(load_bundle(EngineSettings(model=str(tiny_model_dir), device="cpu", dtype="float32")))
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def narrow_window_engine(tmp_path_factory, tiny_tokenizer) -> Engine:
     preset = dataclasses.replace(modelzoo.PRESETS["tiny"], num_hidden_layers=4, sliding_window=8)
     model = modelzoo.build_model(preset, len(tiny_tokenizer), seed=1)
     directory = modelzoo.save_model_dir(model, tiny_tokenizer, tmp_path_factory.mktemp("narrow"))
-    return Engine(load_bundle(EngineSettings(model=str(directory), device="cpu")))
+    return Engine(load_bundle(EngineSettings(model=str(directory), device="cpu", dtype="float32")))
 
 
 def decoder_logits(engine: Engine, cache, prompt_length: int) -> torch.Tensor:

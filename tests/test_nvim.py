@@ -181,6 +181,7 @@ def answer(session: dict, request_id: int) -> dict | None:
 def test_draft_grows_on_screen_and_accept_inserts_exactly_the_draft(session):
     record = session["draft"]
     assert record["shown"], f"every one of {record['attempts']} drafts came back empty"
+    assert record["inline_requests_while_drafting"] == 0  # no suggestion drawn over the draft
     shown, accepted = step(session, "draft shown"), step(session, "draft accepted")
     state = shown["draft"]
     row, col = state["row"], state["col"]

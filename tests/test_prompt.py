@@ -4,7 +4,7 @@ import pytest
 
 from dglsp.config import ContextSettings
 from dglsp.modelzoo import fim_format_spec
-from dglsp.prompt import CursorContext, PromptBuilder, PromptFormat, cursor_windows, trim_to_tokens
+from dglsp.prompt import CursorContext, PrefixAnchors, PromptBuilder, PromptFormat, cursor_windows, trim_to_tokens
 
 
 def test_windows_cut_at_line_boundaries_and_stay_bounded():
@@ -30,6 +30,55 @@ def test_trim_to_tokens_keeps_whole_lines_nearest_the_cursor(tiny_tokenizer):
     head = trim_to_tokens(tiny_tokenizer, text, 50, keep="start")
     assert text.startswith(head) and head.endswith("\n")
     assert len(tiny_tokenizer.encode(head, add_special_tokens=False)) <= 50
+
+
+def _count(tokenizer, text: str) -> int:
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _type_along(anchors: PrefixAnchors, text: str, offset: int, typed: str, settings: ContextSettings):
+    """Type `typed` at `offset` one character at a time; the prefix window after each keystroke."""
+    prefixes = []
+    for i in range(1, len(typed) + 1):
+        doc = text[:offset] + typed[:i] + text[offset:]
+        prefix, suffix = anchors.windows("file:///a.py", doc, offset + i, settings)
+        assert doc[:offset + i].endswith(prefix) and doc[offset + i:].startswith(suffix)
+        prefixes.append(prefix)
+    return prefixes
+
+
+def test_sticky_prefix_keeps_its_start_line_while_typing_so_the_prompt_only_appends(tiny_tokenizer):
+    settings = ContextSettings(max_prefix_tokens=120, max_suffix_tokens=32)
+    text = "".join(f"value_{i} = compute({i})\n" for i in range(400))
+    offset = text.index("value_300")
+    typed = "result = combine(value_1, value_2, value_3)\nother = combine(value_4)\n"
+    sticky = _type_along(PrefixAnchors(tiny_tokenizer), text, offset, typed, settings)
+    assert all(_count(tiny_tokenizer, p) <= settings.max_prefix_tokens for p in sticky)
+    # Each prefix extends the one before: its first line never moves while the slack lasts.
+    assert all(later.startswith(earlier) for earlier, later in zip(sticky, sticky[1:], strict=False))
+    # Cutting at the exact budget instead moves the start line as the typing goes on (the cache would miss).
+    exact = [trim_to_tokens(tiny_tokenizer, cursor_windows(text[:offset] + typed[:i] + text[offset:], offset + i,
+                                                               settings)[0], 120, keep="end")
+             for i in range(1, len(typed) + 1)]
+    assert len({p.split("\n", 1)[0] for p in exact}) > 1
+
+
+def test_sticky_prefix_moves_when_the_slack_is_used_up_or_the_text_above_changes(tiny_tokenizer):
+    settings = ContextSettings(max_prefix_tokens=60, max_suffix_tokens=16, prefix_slack=0.25)
+    text = "".join(f"value_{i} = compute({i})\n" for i in range(400))
+    offset = text.index("value_300")
+    anchors = PrefixAnchors(tiny_tokenizer)
+    typed = "".join(f"extra_{i} = {i}\n" for i in range(12))  # far more than the slack
+    prefixes = _type_along(anchors, text, offset, typed, settings)
+    assert all(_count(tiny_tokenizer, p) <= 60 for p in prefixes)
+    assert len({p.split("\n", 1)[0] for p in prefixes}) > 1
+    # A line inserted above the window shifts the anchor's offset: the window is recomputed, never stale.
+    edited = "import os\n" + text
+    prefix, _ = anchors.windows("file:///a.py", edited, offset + 10, settings)
+    assert edited[:offset + 10].endswith(prefix) and _count(tiny_tokenizer, prefix) <= 60
+    # A short document is never cut, anchored or not.
+    short = "def f(x):\n    return x\n"
+    assert anchors.windows("file:///b.py", short, len(short), settings)[0] == short
 
 
 def test_fim_prompt_puts_suffix_before_prefix_so_typing_only_appends(tiny_tokenizer):

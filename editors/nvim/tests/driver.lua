@@ -112,6 +112,11 @@ function draft_section()
     results.draft.renders = {}
     results.draft.progress = {}
     press("<M-d>")
+    -- A typing event queued behind the draft key asks for a suggestion: none may be sent while drafting.
+    local inline = require("dglsp.inline")
+    local requests_before = inline.stats.requests
+    inline.request(vim.api.nvim_get_current_buf())
+    results.draft.inline_requests_while_drafting = inline.stats.requests - requests_before
     wait_for(function() local s = draft.inspect(); return s == nil or not s.drafting end, 60000)
     local state = draft.inspect()
     if state and state.text then

@@ -86,6 +86,7 @@ end
 local function finish(draft)
   if current == draft then
     current = nil
+    inline.held[draft.bufnr] = nil
   end
   pcall(vim.api.nvim_del_augroup_by_name, "dglsp.draft")
   if ours(draft) then
@@ -223,7 +224,9 @@ function M.start(range)
     return false
   end
   M.cancel()
-  inline.reset(bufnr) -- a short suggestion would draw over the draft
+  inline.reset(bufnr)
+  -- Typing events still queued behind the draft key would ask for a suggestion and draw it over the draft.
+  inline.held[bufnr] = true
   local encoding = client.offset_encoding or "utf-16"
   local argument = { uri = vim.uri_from_bufnr(bufnr), apply = false }
   local row, col
@@ -257,7 +260,7 @@ function M.start(range)
       on_result(draft, err, result)
     end, bufnr)
   if not ok then
-    current = nil
+    finish(draft)
     return false
   end
   draft.request_id = id

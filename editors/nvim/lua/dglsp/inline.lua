@@ -15,6 +15,7 @@ local METHOD = "textDocument/inlineCompletion"
 local AUTOMATIC = 2 -- InlineCompletionTriggerKind.Automatic
 
 M.enabled = true
+M.held = {} -- bufnr -> true while a draft owns the buffer's ghost text (no suggestion may draw over it)
 M.debounce_ms = 75
 M.builtin = false
 -- Counters for :DglspStatus and the tests.
@@ -162,7 +163,8 @@ function M.request(bufnr)
   local st = state(bufnr)
   cancel_inflight(st)
   local client = lsp.client(bufnr)
-  if not (M.enabled and client and vim.api.nvim_get_current_buf() == bufnr and vim.fn.mode():match("^i")) then
+  if M.held[bufnr] or not (M.enabled and client and vim.api.nvim_get_current_buf() == bufnr
+      and vim.fn.mode():match("^i")) then
     return
   end
   local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
