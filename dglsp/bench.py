@@ -68,8 +68,9 @@ class SessionLog:
 
 # -- choosing what to type --------------------------------------------------------------------------
 def pick_functions(files: list[Path], tokenizer, count: int, prefix_budget: int, max_chars: int,
-                   rng: random.Random) -> list[TypingPlan]:
-    """Functions of 120..max_chars characters after which the prefix still fits, filling 60..100 % of it."""
+                   rng: random.Random, long_files: bool = False) -> list[TypingPlan]:
+    """Functions of 120..max_chars characters after which the prefix still fits, filling 60..100 % of it;
+    with `long_files`, functions after at least twice the budget (the prompt window is cut from the file)."""
     candidates: list[TypingPlan] = []
     for path in files:
         try:
@@ -91,7 +92,8 @@ def pick_functions(files: list[Path], tokenizer, count: int, prefix_budget: int,
     for plan in candidates:
         plan.prefix_tokens = len(tokenizer.encode(plan.document[: plan.offset], add_special_tokens=False))
         target_tokens = len(tokenizer.encode(plan.target, add_special_tokens=False))
-        if 0.6 * prefix_budget <= plan.prefix_tokens <= prefix_budget - target_tokens - 16:
+        fits = 0.6 * prefix_budget <= plan.prefix_tokens <= prefix_budget - target_tokens - 16
+        if (plan.prefix_tokens >= 2 * prefix_budget) if long_files else fits:
             chosen.append(plan)
         if len(chosen) == count:
             break
@@ -436,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-chars", type=int, default=320, help="longest function to type (default 320)")
     parser.add_argument("--context-tokens", type=int, default=2048, help="context budget: prefix + suffix tokens "
                         "(default 2048)")
+    parser.add_argument("--long-files", action="store_true",
+                        help="type functions that sit deeper than twice the prefix budget (the window is cut)")
     parser.add_argument("--client", choices=("vscode", "neovim"), default="vscode")
     parser.add_argument("--baseline", action="store_true",
                         help="turn prefix KV cache, typing-through and speculation off (the 'before' numbers)")
@@ -480,7 +484,7 @@ def main_bench(argv: list[str]) -> int:
     files = args.files or sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(settings.engine.model))
     plans = pick_functions(files, tokenizer, args.functions, settings.context.max_prefix_tokens, args.max_chars,
-                           random.Random(args.seed))
+                           random.Random(args.seed), long_files=args.long_files)
     log, stats = asyncio.run(run_session(args, plans, options))
     if args.json_file:  # the session's numbers survive even if the side-by-side is interrupted
         args.json_file.write_text(json.dumps(summarize(log, stats, None, args, plans), indent=2) + "\n")

@@ -31,6 +31,17 @@ def test_pick_functions_removes_the_function_and_fits_the_budget(tmp_path, tiny_
     assert plan.prefix_tokens == prefix_tokens
 
 
+def test_long_files_pick_functions_deeper_than_twice_the_budget(tmp_path, tiny_tokenizer):
+    source = tmp_path / "module.py"
+    source.write_text(synthetic_source())
+    prefix_tokens = len(tiny_tokenizer.encode(source.read_text().split("def mean")[0]))
+    pick = dict(max_chars=400, rng=random.Random(0), long_files=True)
+    plans = bench.pick_functions([source], tiny_tokenizer, 1, prefix_budget=prefix_tokens // 3, **pick)
+    assert plans[0].target.startswith("def mean(values):") and plans[0].prefix_tokens >= 2 * (prefix_tokens // 3)
+    with pytest.raises(SystemExit, match="no function"):  # the helpers are short and mean sits above 2x budget
+        bench.pick_functions([source], tiny_tokenizer, 1, prefix_budget=prefix_tokens, **pick)
+
+
 def test_pick_functions_explains_when_nothing_fits(tmp_path, tiny_tokenizer):
     source = tmp_path / "module.py"
     source.write_text(synthetic_source(1))
