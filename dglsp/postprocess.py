@@ -18,7 +18,8 @@ name, so `skip={...}` can switch it off to measure what it is worth (`dglsp eval
 * repeat     — drop lines that repeat the code below the cursor or the line above, and
                text that repeats itself (a line twice in a row, `foo(foo(foo(`);
 * syntax     — tree-sitter: drop trailing lines that leave more syntax errors than without
-               them (a canvas cut mid-statement);
+               them (a canvas cut mid-statement), then drop a suggestion that still leaves more
+               errors than the code without it (token soup never reaches the screen);
 * indent     — re-indent a block to the file's style (tabs or spaces, and width);
 * brackets   — never over-close what the suffix closes: replace over auto-closed pairs
                (`def foo(|)` + `bar: str) -> int:`), or cut the duplicate (`bar: str):` -> `bar: str`).
@@ -100,8 +101,12 @@ def postprocess_edit(
     if not text.strip():
         return None
     if "brackets" in skip:
-        return Edit(text)
-    return _balance_against_suffix(text, context, spec, line_suffix, allow_replace and settings.replace_suffix)
+        edit: Edit | None = Edit(text)
+    else:
+        edit = _balance_against_suffix(text, context, spec, line_suffix, allow_replace and settings.replace_suffix)
+    if edit is not None and "syntax" not in skip and use_tree and _adds_errors(edit, context, spec):
+        return None
+    return edit
 
 
 def _scoped_lines(lines: list[str], context: CursorContext, spec: LanguageSpec, settings: PostprocessSettings,
@@ -308,6 +313,18 @@ def _trim_unparsable_tail(lines: list[str], context: CursorContext, spec: Langua
         if best_errors is None or errors < best_errors:
             best, best_errors = count, errors
     return lines[:best]
+
+
+def _adds_errors(edit: Edit, context: CursorContext, spec: LanguageSpec) -> bool:
+    """Does the edit leave more syntax errors in its top-level statement than leaving the gap empty?
+    (False when there is no grammar or no trustworthy window to parse.)"""
+    clean = clean_window(context.prefix, context.suffix)
+    if clean is None:
+        return False
+    prefix, suffix = clean
+    before = error_count(spec, prefix + suffix)
+    after = error_count(spec, prefix + edit.text + suffix[edit.replace_chars:])
+    return before is not None and after is not None and after > before
 
 
 # -- indentation ----------------------------------------------------------------------------------

@@ -44,14 +44,14 @@ def test_python_duplicate_closer_is_cut_when_the_suffix_is_real_code():
     result = edit("a, b))", prefix, suffix, "python")
     assert apply(prefix, suffix, result).count(")") == 1
     # Without the filter the line over-closes: the bug this filter exists for.
-    unfiltered = edit("a, b))", prefix, suffix, "python", frozenset({"brackets"}))
+    unfiltered = edit("a, b))", prefix, suffix, "python", frozenset({"brackets", "syntax"}))
     assert apply(prefix, suffix, unfiltered).count(")") == 3
 
 
 def test_mid_line_suggestion_running_on_through_the_suffix_is_cut():
     prefix, suffix = "value = compute(", "items, limit=10)\n"
     assert edit("source, items, limit=10)", prefix, suffix, "python") == Edit("source, ")
-    assert edit("source, items, limit=10)", prefix, suffix, "python", frozenset({"repeat", "brackets"})) == \
+    assert edit("source, items, limit=10)", prefix, suffix, "python", frozenset({"repeat", "brackets", "syntax"})) == \
         Edit("source, items, limit=10)")
 
 
@@ -255,3 +255,29 @@ def test_a_window_starting_inside_a_docstring_does_not_confuse_the_scope():
     assert edit(raw, prefix, "\n", "python").text == "\n        return self.total / self.count"
     top = 'x = 1\n"""Module doc\n  spans lines.\n"""\n\ndef f():'
     assert edit("\n    return 1", top, "\n", "python").text == "\n    return 1"
+
+
+# -- syntax: token soup never reaches the screen --------------------------------------------------
+SOUP_CASES = {
+    "python": ("def variance(values):\n    center = mean(values)\n    ", "\n\n\ndef main():\n    pass\n",
+               "theNo, v wr PyLO_ the ref sup", "return center"),
+    "javascript": ("function area(r) {\n  const squared = r * r;\n  ", "\n}\n",
+                   "squared squared ) Math => ;; let", "return Math.PI * squared;"),
+    "go": ("func area(r float64) float64 {\n\tsquared := r * r\n\t", "\n}\n",
+           "squared squared ) math.Pi := ;; func", "return math.Pi * squared"),
+}
+
+
+@pytest.mark.parametrize("language", sorted(SOUP_CASES))
+def test_a_suggestion_that_adds_syntax_errors_is_not_shown(language):
+    prefix, suffix, soup, good = SOUP_CASES[language]
+    assert edit(soup, prefix, suffix, language) is None
+    assert edit(good, prefix, suffix, language).text == good
+    # Without the filter the soup is shown as ghost text.
+    assert edit(soup, prefix, suffix, language, frozenset({"syntax"})) is not None
+
+
+def test_a_suggestion_in_code_that_already_has_errors_is_judged_against_them():
+    # Mid-typing the statement is incomplete; a completion that does not make it worse still shows.
+    prefix, suffix = "def f(xs):\n    total = sum(", "\n    return total\n"
+    assert edit("xs", prefix, suffix, "python").text == "xs"
