@@ -80,6 +80,9 @@ class PostprocessSettings:
     max_lines: int = 16
     tree_sitter: bool = True  # syntax checks with tree-sitter where a grammar is installed
     replace_suffix: bool = True  # type over auto-closed brackets after the cursor (an edit range)
+    # Hide a suggestion that leaves more syntax errors than the empty gap (tree-sitter): token soup from a
+    # weak model never reaches the screen. Editor tests with random weights turn it off to see suggestions.
+    hide_unparsable: bool = True
 
     def validate(self) -> None:
         _require(1 <= self.max_lines <= 1000, "max_lines must be in 1..1000")

@@ -104,7 +104,8 @@ def postprocess_edit(
         edit: Edit | None = Edit(text)
     else:
         edit = _balance_against_suffix(text, context, spec, line_suffix, allow_replace and settings.replace_suffix)
-    if edit is not None and "syntax" not in skip and use_tree and _adds_errors(edit, context, spec):
+    hide = settings.hide_unparsable and "syntax" not in skip and use_tree
+    if edit is not None and hide and _adds_errors(edit, context, spec):
         return None
     return edit
 

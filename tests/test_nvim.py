@@ -32,6 +32,7 @@ SETTINGS = {
     "sampler": {"seed": 1, "canvas_length": 16, "max_steps": 12, "confidence_threshold": 1e-9},
     "scheduler": {"debounce_ms": 150},
     "latency": {"typing_through": False, "speculative": False},
+    "postprocess": {"hide_unparsable": False},  # random weights write token soup: show it anyway
 }
 
 

@@ -107,6 +107,7 @@ const options = {
   sampler: { canvas_length: 16, seed: 1, max_steps: 12, confidence_threshold: 1e-9 },
   draft: { max_tokens: 64 }, // up to 4 canvases of 16
   latency: { typing_through: false, speculative: false },
+  postprocess: { hide_unparsable: false }, // random weights write token soup: show it anyway
 };
 
 function sentIds(method: string): (number | string)[] {
