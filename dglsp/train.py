@@ -44,6 +44,7 @@ from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion, Dynamic
 
 from dglsp import corpus, modelzoo
 from dglsp.config import SamplerSettings
+from dglsp.engine import cpu_has_bf16_matmuls
 from dglsp.prompt import CursorContext, PromptFormat, encode_fim, trim_to_tokens
 
 DEFAULT_WORK_DIR = Path(os.environ.get("DGLSP_TRAIN_DIR", Path.home() / "dglsp-train"))
@@ -523,10 +524,11 @@ def held_out_batches(files: list[corpus.SourceFile], tokenizer: PreTrainedTokeni
 def held_out_loss(model: DiffusionGemmaForBlockDiffusion, batches: list[Batch], cfg: TrainConfig) -> dict[str, float]:
     device = batches[0].prompt_ids.device
     generator = torch.Generator(device=device).manual_seed(0)
+    amp = autocast_dtype(cfg, device)
     totals: dict[str, float] = {}
     model.eval()
     for batch in batches:
-        with autocast(autocast_dtype(cfg, device), device):
+        with autocast(amp, device):
             loss, stats = training_loss(model, batch, cfg, generator)
         for key in ("canvas", "ar", "canvas_middle", "ar_middle"):
             totals[key] = totals.get(key, 0.0) + stats[key] / len(batches)
@@ -543,7 +545,7 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16_matmuls() else None
 
 
 def autocast(dtype: torch.dtype | None, device: torch.device):
