@@ -90,7 +90,8 @@ class Completer:
         if draft:
             canvases = max(1, math.ceil(settings.draft.max_tokens / sampler.canvas_length))
             sampler = replace(sampler, max_canvases=canvases)
-            post_settings = replace(post_settings, multiline=True, max_lines=settings.draft.max_lines)
+            post_settings = replace(post_settings, multiline=True, mid_block=True,
+                                    max_lines=settings.draft.max_lines)
             on_canvas = self._draft_watcher(prompt.context, post_settings, on_commit)
         elif on_step is not None:
             on_canvas = self._step_watcher(prompt.context, post_settings, on_step)

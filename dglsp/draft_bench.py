@@ -124,7 +124,7 @@ def _autoregressive_draft(completer: Completer, settings: Settings, context: Cur
 
     prompt = PromptBuilder(completer.tokenizer, completer.format, settings.context).build(context)
     result = completer.engine.generate_autoregressive(prompt.ids, settings.draft.max_tokens)
-    post = replace(settings.postprocess, multiline=True, max_lines=settings.draft.max_lines)
+    post = replace(settings.postprocess, multiline=True, mid_block=True, max_lines=settings.draft.max_lines)
     return postprocess(completer.decode(result.token_ids), prompt.context, post) or "", result.stats.forward_passes
 
 

@@ -82,7 +82,8 @@ def postprocess_edit(
     if "scope" in skip:
         block = settings.multiline and not line_suffix.strip()
     else:
-        block = settings.multiline and _block_scope(context, spec, line_prefix, line_suffix, use_tree)
+        block = settings.multiline and _block_scope(context, spec, line_prefix, line_suffix, use_tree,
+                                                    settings.mid_block)
     lines = _scoped_lines(text.split("\n"), context, spec, settings, skip, block)
     if lines and "repeat" not in skip:
         lines = _cut_repeats(lines, context, line_prefix)
@@ -145,8 +146,9 @@ def _strip_fences(text: str) -> str:
 
 
 def _block_scope(context: CursorContext, spec: LanguageSpec, line_prefix: str, line_suffix: str,
-                 use_tree: bool) -> bool:
-    """True when a multi-line suggestion fits the cursor: a blank line or the end of a block opener."""
+                 use_tree: bool, mid_block: bool) -> bool:
+    """True when a multi-line suggestion fits the cursor: the end of a block opener, or a blank line at
+    an empty block's start or a block's end (anywhere blank, with `mid_block`)."""
     if line_suffix.strip():
         return False  # code after the cursor on its line: complete the rest of the line only
     clean = clean_window(context.prefix, context.suffix) if use_tree else None
@@ -157,8 +159,24 @@ def _block_scope(context: CursorContext, spec: LanguageSpec, line_prefix: str, l
     if literal:
         return False
     if not line_prefix.strip():
-        return True
+        return mid_block or _at_block_edge(context, spec)
     return opens_block(spec, line_prefix, window, offset)
+
+
+def _width(line: str) -> int:
+    return len(line.expandtabs(8)) - len(line.expandtabs(8).lstrip())
+
+
+def _at_block_edge(context: CursorContext, spec: LanguageSpec) -> bool:
+    """A blank cursor line with no code of its own block below it: the line above opens a block whose
+    body is empty, or the next line dedents (a block's end, `}`, `end`), or nothing follows."""
+    above = next((line for line in reversed(context.prefix.split("\n")[:-1]) if line.strip()), None)
+    below = next((line for line in context.suffix.split("\n")[1:] if line.strip()), None)
+    if above is None or below is None:
+        return True
+    if opens_block(spec, above, "", 0):
+        return _width(below) <= _width(above)
+    return _width(below) < _width(above)
 
 
 def _through_open_brackets(lines: list[str], context: CursorContext, spec: LanguageSpec,
@@ -267,6 +285,10 @@ def _cut_repeats(lines: list[str], context: CursorContext, line_prefix: str) -> 
             break  # the code below, possibly cut short at the end of the canvas
         if kept and stripped and len(stripped) >= 4 and stripped == kept[-1].strip() and not _only_closers(stripped):
             break  # the same line twice in a row: the model is looping
+        period = _loop_period(kept + [line])
+        if period:
+            kept = kept[: len(kept) + 1 - period]  # one copy of the group stays
+            break
         loop = _SELF_LOOP.search(line)
         if loop and re.search(r"\w", loop.group(1)):
             kept.append(line[: loop.start() + len(loop.group(1))])
@@ -275,6 +297,17 @@ def _cut_repeats(lines: list[str], context: CursorContext, line_prefix: str) -> 
     if first_is_new_line and len(kept) <= 1 and len(lines) > 1:
         return None  # the only new line was a repeat of the code below
     return kept or None
+
+
+def _loop_period(lines: list[str], longest: int = 4) -> int:
+    """The length of a group of 2..`longest` lines that `lines` ends with twice in a row (0: none)."""
+    stripped = [line.strip() for line in lines]
+    for period in range(2, longest + 1):
+        group = stripped[-period:]
+        if len(stripped) >= 2 * period and group == stripped[-2 * period:-period] \
+                and any(re.search(r"\w", line) for line in group):
+            return period
+    return 0
 
 
 def _drop_line_suffix_repeat(text: str, line_suffix: str) -> str:

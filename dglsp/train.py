@@ -64,6 +64,11 @@ class TrainConfig:
     max_suffix_tokens: int = 192
     lr: float = 1e-3
     warmup_steps: int = 60
+    # Warmup-stable-decay: the last `cooldown_steps` of `max_steps` decay the rate linearly to
+    # `lr * min_lr_ratio`. The stable phase has no known end (runs resume session after session),
+    # so the decay is a branch: its start is saved as checkpoint-stable.pt for later runs to go on from.
+    cooldown_steps: int = 0
+    min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     t_eps: float = 1e-3
@@ -94,6 +99,7 @@ class TrainState:
     train_seconds: float = 0.0
     best_held_out: float = math.inf
     history: list[dict] = field(default_factory=list)
+    cooldown_start: int = 0  # the decay this checkpoint is on (its planned first step); 0 at the peak rate
 
 
 @dataclass
@@ -552,9 +558,28 @@ def autocast(dtype: torch.dtype | None, device: torch.device):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
+def cooldown_start(cfg: TrainConfig) -> int:
+    """The step the decay begins at, or 0 when the run has none (constant rate after warmup)."""
+    if not (cfg.cooldown_steps and cfg.max_steps):
+        return 0
+    return max(1, cfg.max_steps - cfg.cooldown_steps)
+
+
 def learning_rate(step: int, cfg: TrainConfig) -> float:
-    # Constant after warmup: the run is resumed session after session with no known end.
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+    warm = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+    start = cooldown_start(cfg)
+    if not start or step < start:
+        return warm
+    done = min(1.0, (step - start + 1) / (cfg.max_steps - start))
+    return warm * (1.0 - done * (1.0 - cfg.min_lr_ratio))
+
+
+def resume_path(work_dir: Path, cfg: TrainConfig, saved_cooldown_start: int) -> Path:
+    """checkpoint.pt, unless it is part-way down a decay this run does not share: then the stable phase's end."""
+    stable = work_dir / "checkpoint-stable.pt"
+    if saved_cooldown_start and saved_cooldown_start != cooldown_start(cfg) and stable.is_file():
+        return stable
+    return work_dir / "checkpoint.pt"
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -577,10 +602,17 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path, ship_dir: Path | N
     checkpoint = work_dir / "checkpoint.pt"
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        source = resume_path(work_dir, cfg, saved["state"].get("cooldown_start", 0))
+        if source != checkpoint:
+            log(f"{checkpoint} is part-way down another decay: going on from {source} instead")
+            saved = torch.load(source, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = TrainState(**saved["state"])
-        log(f"resumed from {checkpoint} at step {state.step} ({state.tokens_seen:,} tokens seen)")
+        log(f"resumed from {source} at step {state.step} ({state.tokens_seen:,} tokens seen)")
+    if cooldown_start(cfg):
+        log(f"learning rate decays from step {cooldown_start(cfg)} to {cfg.max_steps}, "
+            f"down to {cfg.lr * cfg.min_lr_ratio:g}")
     amp = autocast_dtype(cfg, device)
     log(f"model: preset {cfg.preset}, {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{len(train_files)} training files, {len(held_out)} held out, {amp or torch.float32} compute on {device}")
@@ -596,6 +628,10 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path, ship_dir: Path | N
     stop = _stop_on_signals()
     while not _done(cfg, state, begin) and not stop:
         step_begin = time.monotonic()
+        if cooldown_start(cfg) and state.step >= cooldown_start(cfg) and not state.cooldown_start:
+            save_checkpoint(work_dir / "checkpoint-stable.pt", model, optimizer, state, cfg)
+            state.cooldown_start = cooldown_start(cfg)
+            log(f"decay begins at step {state.step}: the stable phase is saved as checkpoint-stable.pt")
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(state.step, cfg)
         batch = to_device(stream.batch(state.step), device)
@@ -718,8 +754,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--minutes", type=float, default=defaults.minutes, help="stop after this many minutes")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--canvases-per-prompt", type=int, default=defaults.canvases_per_prompt)
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (constant after warmup)")
+    parser.add_argument("--lr", type=float, default=defaults.lr,
+                        help="peak learning rate (after warmup, until any decay)")
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    parser.add_argument("--cooldown-steps", type=int, default=defaults.cooldown_steps,
+                        help="decay the rate linearly over the last N of --max-steps (saves the stable phase "
+                             "as checkpoint-stable.pt, which a later, longer run goes on from)")
+    parser.add_argument("--min-lr-ratio", type=float, default=defaults.min_lr_ratio,
+                        help="the decay's end as a fraction of --lr")
     parser.add_argument("--pad-weight", type=float, default=defaults.pad_weight,
                         help="canvas loss weight of padding positions (middle and EOS weigh 1)")
     parser.add_argument("--max-prefix-tokens", type=int, default=defaults.max_prefix_tokens)
@@ -738,6 +780,7 @@ def main_train(argv: list[str] | None = None) -> int:
         preset=args.preset, vocab_size=args.vocab_size, batch_size=args.batch_size,
         canvases_per_prompt=args.canvases_per_prompt, max_prefix_tokens=args.max_prefix_tokens,
         max_suffix_tokens=args.max_suffix_tokens, lr=args.lr, warmup_steps=args.warmup_steps,
+        cooldown_steps=args.cooldown_steps, min_lr_ratio=args.min_lr_ratio,
         pad_weight=args.pad_weight, seed=args.seed,
         max_steps=args.max_steps, minutes=args.minutes, eval_every=args.eval_every,
         checkpoint_minutes=args.checkpoint_minutes, export_minutes=args.export_minutes, device=args.device,

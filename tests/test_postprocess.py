@@ -38,7 +38,7 @@ def test_block_started_on_an_indented_empty_line():
 
 
 def test_stops_before_repeating_the_next_line_of_the_suffix():
-    text = run("x = 1\n    y = 2\n    z = 3", "def f():\n    ", "\n    z = 3\n    return z\n")
+    text = run("x = 1\n    y = 2\n    z = 3", "def f():\n    ", "\n    z = 3\n    return z\n", mid_block=True)
     assert text == "x = 1\n    y = 2"
 
 

@@ -149,8 +149,41 @@ def test_suggestion_that_is_the_next_line_is_dropped():
 
 def test_block_stops_before_repeating_the_code_below():
     raw = "x = 1;\n  y = 2;\n  return x + y;"
-    result = edit(raw, "function f() {\n  ", "\n  return x + y;\n}\n", "javascript")
+    result = edit(raw, "function f() {\n  ", "\n  return x + y;\n}\n", "javascript", mid_block=True)
     assert result.text == "x = 1;\n  y = 2;"
+
+
+# -- scope: a block where the block is empty or ends, one line between code of the same block ----------------------
+@pytest.mark.parametrize("language, prefix, suffix", [
+    ("python", "def f(xs):\n    total = 0\n    ", "\n    return total\n"),
+    ("javascript", "function f(xs) {\n  let total = 0;\n  ", "\n  return total;\n}\n"),
+    ("go", "func f(xs []int) int {\n\ttotal := 0\n\t", "\n\treturn total\n}\n"),
+])
+def test_a_blank_line_between_code_of_one_block_gets_one_line(language, prefix, suffix):
+    # Copilot's rule: inserting between two lines of a block, a multi-line guess mostly adds wrong lines.
+    raw = "for x in xs:\n        total += x" if language == "python" else "total += xs[0];\n  total += xs[1];"
+    assert edit(raw, prefix, suffix, language).text == raw.split("\n")[0]
+    assert "\n" in edit(raw, prefix, suffix, language, mid_block=True).text
+    assert "\n" in edit(raw, prefix, suffix, language, frozenset({"scope"})).text
+
+
+@pytest.mark.parametrize("language, prefix, suffix", [
+    ("python", "def f(xs):\n    ", "\n\nprint(f([1]))\n"),  # an empty body
+    ("python", "def f(xs):\n    total = 0\n    ", "\n\nprint(f([1]))\n"),  # the end of the block
+    ("python", "def f(xs):\n    total = 0\n    ", ""),  # the end of the file
+    ("javascript", "function f(xs) {\n  let total = 0;\n  ", "\n}\n"),
+    ("lua", "local function f(xs)\n  local total = 0\n  ", "\nend\n"),
+])
+def test_a_blank_line_at_an_empty_block_or_a_block_end_gets_a_block(language, prefix, suffix):
+    raw = "for x in xs:\n        total += x" if language == "python" else "total = total + 1\n  return total"
+    assert "\n" in edit(raw, prefix, suffix, language).text
+
+
+def test_a_group_of_lines_repeated_in_a_row_is_cut_to_one_copy():
+    raw = "if x:\n        return 1\n    if x:\n        return 1\n    if x:"
+    result = edit(raw, "def f(x):\n    ", "\n", "python")
+    assert result.text == "if x:\n        return 1"
+    assert edit(raw, "def f(x):\n    ", "\n", "python", frozenset({"repeat"})).text.count("if x:") == 3
 
 
 def test_a_line_repeated_in_a_row_is_cut():

@@ -128,6 +128,9 @@ def test_humaneval_pipeline_completion_is_what_the_editor_would_insert():
 
     problem = Problem("t/0", "def f(x):\n    y = x + 1\n", "    return y\n", "    z = y\n", "", "f")
     decoded = "    z = y\n    return y\n"
-    assert pipeline_completion(decoded, problem) == "    z = y\n"  # stops before repeating the line below
-    assert pipeline_completion(decoded, problem, "pipeline-repeat") == "    z = y\n    return y\n"
+    # Between two lines of the function: one line, as the editor shows there.
+    assert pipeline_completion("    z = y\n    w = z\n", problem) == "    z = y\n"
+    assert pipeline_completion("    z = y\n    w = z\n", problem, "pipeline-scope") == "    z = y\n    w = z\n"
+    # Offered a block anyway, it stops before repeating the line below.
+    assert pipeline_completion(decoded, problem, "pipeline-scope") == "    z = y\n"
     assert pipeline_completion("", problem) == "\n"

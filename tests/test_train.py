@@ -162,6 +162,33 @@ def test_train_resumes_from_its_checkpoint_and_exports_a_loadable_model(tiny_wor
     assert generation.stats.steps > 0
 
 
+def test_learning_rate_warms_up_holds_then_decays_over_the_cooldown():
+    cfg = train.TrainConfig(lr=1e-3, warmup_steps=10, max_steps=100, cooldown_steps=20, min_lr_ratio=0.1)
+    rates = [train.learning_rate(step, cfg) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert rates[10:80] == [pytest.approx(1e-3)] * 70
+    assert all(later < earlier for earlier, later in zip(rates[80:-1], rates[81:], strict=True))
+    assert rates[99] == pytest.approx(1e-4)
+    constant = train.TrainConfig(lr=1e-3, warmup_steps=10, max_steps=100)  # no cooldown: peak to the end
+    assert train.learning_rate(99, constant) == pytest.approx(1e-3)
+
+
+def test_a_decay_is_a_branch_that_a_longer_run_does_not_inherit(tiny_work_dir):
+    args = ["--work-dir", str(tiny_work_dir), "--preset", "tiny", "--batch-size", "2", "--eval-every", "100",
+            "--max-prefix-tokens", "48", "--max-suffix-tokens", "16", "--no-progress", "--threads", "1"]
+    assert train.main_train(args + ["--max-steps", "4", "--cooldown-steps", "2"]) == 0
+    stable = torch.load(tiny_work_dir / "checkpoint-stable.pt", weights_only=False)
+    decayed = torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)
+    assert stable["state"]["step"] == 2 and stable["state"]["cooldown_start"] == 0
+    assert decayed["state"]["step"] == 4 and decayed["state"]["cooldown_start"] == 2
+    assert decayed["optimizer"]["param_groups"][0]["lr"] < stable["optimizer"]["param_groups"][0]["lr"]
+    # A longer run with its own decay goes on from the end of the stable phase, not from the decayed weights.
+    assert train.main_train(args + ["--max-steps", "5", "--cooldown-steps", "1"]) == 0
+    log = (tiny_work_dir / "train.log").read_text()
+    assert f"resumed from {tiny_work_dir / 'checkpoint-stable.pt'} at step 2" in log
+    assert torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)["state"]["step"] == 5
+
+
 def test_the_shipped_model_loads_through_the_serving_code():
     directory = modelzoo.EMBEDDED_MODEL_DIR
     if not (directory / "config.json").is_file():
