@@ -1,24 +1,21 @@
-"""The language server: LSP handlers as thin adapters over the pipeline.
+"""The language server: LSP handlers as thin adapters over `service.CompletionService`.
 
-Handlers fetch the document, call the completer through the scheduler, and build the
-LSP type. Errors cross one boundary (`_to_lsp_error`): a `DglspError` becomes a
-JSON-RPC error for a request or a `window/showMessage` for background work;
-anything else is logged with its traceback and answered with an empty result, so the
-server never dies on a request.
+Handlers read the document, turn the client's position into an offset, call the service,
+and build the LSP type (ranges, progress, messages, the draft's edit). Errors cross one
+boundary (`_to_lsp_error`): a `DglspError` becomes a JSON-RPC error for a request or a
+`window/showMessage` for background work; anything else is logged with its traceback and
+answered with an empty result, so the server never dies on a request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import itertools
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,18 +31,12 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
 from dglsp import __version__
-from dglsp.completer import Completer
-from dglsp.config import SamplerSettings, ServeSettings, Settings
+from dglsp.config import ServeSettings, Settings
 from dglsp.documents import offset_at, position_after, snapshot
-from dglsp.engine import Engine, load_bundle
 from dglsp.errors import DglspError, InvalidRequestError, ModelNotReadyError
-from dglsp.metrics import LatencyMetrics, memory_mb
-from dglsp.modelcheck import fingerprint
-from dglsp.neighbors import OpenDocument, RecentEdits, pick_snippets
-from dglsp.prompt import CursorContext, snippets_enabled
-from dglsp.scheduler import Cancelled, Scheduler
+from dglsp.scheduler import Scheduler
+from dglsp.service import CompletionService
 from dglsp.textsync import adopt as adopt_workspace
-from dglsp.typing_through import TypingThroughCache, after_acceptance, context_key
 
 log = logging.getLogger(__name__)
 
@@ -108,46 +99,30 @@ class DglspProtocol(LanguageServerProtocol):
         super().handle_message(message)
 
 
-@dataclass
-class LoadState:
-    message: str = "starting"
-    percent: int = 0
-
-
 class DglspServer(LanguageServer):
+    """LSP around a `CompletionService`: positions and ranges, progress, messages and edits."""
+
     def __init__(self, settings: Settings | None = None, serve: ServeSettings | None = None):
         super().__init__("dglsp", __version__, protocol_cls=DglspProtocol)
-        self.settings = settings or Settings()
-        self.serve = serve or ServeSettings(allow_remote_code=self.settings.engine.trust_remote_code)
-        self._load_fingerprint: tuple | None = None  # the model directory as the last load saw it
+        settings = settings or Settings()
+        self.serve = serve or ServeSettings(allow_remote_code=settings.engine.trust_remote_code)
+        self.service = CompletionService(settings, lambda: self.workspace, self._log_to_client, self._on_reload)
         self._load_reported = False  # the first load's outcome has been shown; later loads report themselves
-        self.scheduler = Scheduler(self.settings.scheduler.debounce_ms)
-        self.completer: Completer | None = None
-        self.load_state = LoadState()
-        self.load_future: Future | None = None
         self.client_has_inline_completion = False
-        self.last_latency_ms: float | None = None
-        self._request_ids = itertools.count(1)
-        self.typing_through = TypingThroughCache(self.settings.latency.typing_through_lookback)
-        self.recent_edits = RecentEdits(chunk_lines=self.settings.context.snippet_lines)
-        self.metrics = LatencyMetrics()
-        self._speculations: set[asyncio.Task] = set()  # strong references until they finish
-        self._speculating: dict[str, tuple[tuple, asyncio.Task]] = {}  # uri -> (context key, task)
 
-    # -- model lifecycle -------------------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        return self.service.settings
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.service.scheduler
+
     def start_loading(self) -> Future:
-        """Load the model on the device worker (so it lives on that thread), without blocking the loop."""
-        self._load_fingerprint = fingerprint(self.settings.engine.model)
-        self.load_future = self.scheduler._executor.submit(self._load)
-        return self.load_future
+        return self.service.start_loading()
 
-    def reload_model(self, reason: str) -> None:
-        """Load the model again (settings changed, or a broken directory was fixed) and tell the user how it went."""
-        log.info("reloading the model: %s", reason)
-        if self.completer is not None and hasattr(self.completer.engine, "take_notices"):
-            self.completer.engine.close()  # a remote backend: end its HTTP connections and loop thread
-        self.completer = None  # let the old model go before the new one loads
-        future = self.start_loading()
+    # -- model lifecycle, as the client sees it --------------------------------------------------
+    def _on_reload(self, future: Future) -> None:
         if self._load_reported:  # otherwise the first load's report (report_load_progress) follows this one
             asyncio.ensure_future(self._report_reload(future))
 
@@ -158,71 +133,26 @@ class DglspServer(LanguageServer):
             self.window_show_message(types.ShowMessageParams(types.MessageType.Error,
                                                              f"dglsp: model failed to load: {exc}"))
             return
-        self.window_show_message(types.ShowMessageParams(types.MessageType.Info, f"dglsp: {self.load_state.message}"))
-
-    def _failed_model_changed(self) -> bool:
-        """The last load failed and the model directory has changed on disk since: worth another try."""
-        future = self.load_future
-        if future is None or not future.done() or future.exception() is None:
-            return False
-        return fingerprint(self.settings.engine.model) != self._load_fingerprint
-
-    def _load(self) -> Completer:
-        def progress(message: str, percent: int) -> None:
-            self.load_state = LoadState(message, percent)
-            log.info("model: %s (%d%%)", message, percent)
-
-        begin = time.perf_counter()
-        if self.settings.engine.backend == "remote":
-            from dglsp.remote import load_remote
-
-            bundle, engine = load_remote(self.settings, progress)  # the server check is its warm-up
-        else:
-            bundle = load_bundle(self.settings.engine, progress)
-            engine = Engine(bundle, self.settings.latency)
-        completer = Completer(bundle, engine)
-        if self.settings.engine.warmup and self.settings.engine.backend == "local":
-            progress("warming up", 90)
-            # A short fixed schedule: it only has to touch every kernel once.
-            warmup = SamplerSettings(canvas_length=engine.default_canvas_length, max_steps=2, seed=0)
-            engine.generate(bundle.tokenizer.encode("def", add_special_tokens=False) or [0], warmup)
-        self.completer = completer
-        progress(f"ready: {bundle.path.name} on {bundle.device} in {time.perf_counter() - begin:.1f} s", 100)
-        return completer
-
-    async def ready_completer(self) -> Completer:
-        if self.load_future is None:
-            raise ModelNotReadyError("the model is not loaded")
-        if self._failed_model_changed():
-            self.reload_model("the model directory changed since the failed load")
-        try:
-            return await asyncio.wrap_future(self.load_future)
-        except ModelNotReadyError:
-            raise
-        except Exception as exc:  # ModelLoadError included: it was shown once; requests answer empty meanwhile
-            raise ModelNotReadyError(f"the model failed to load: {exc}") from exc
+        message = self.service.load_state.message
+        self.window_show_message(types.ShowMessageParams(types.MessageType.Info, f"dglsp: {message}"))
 
     async def report_load_progress(self) -> None:
         """Mirror model loading to the client as work-done progress (if it supports it)."""
-        if self.load_future is None:
+        future = self.service.load_future
+        if future is None:
             return
-        capabilities = self.protocol.client_capabilities
-        window = capabilities.window if capabilities else None
         token = "dglsp/load-model"
-        use_progress = bool(window and window.work_done_progress)
-        if use_progress:
-            await self.work_done_progress.create_async(token)
-            begin = types.WorkDoneProgressBegin(title="dglsp: loading model", percentage=0)
-            self.work_done_progress.begin(token, begin)
+        use_progress = await self._begin_progress(token, "dglsp: loading model", percentage=0)
         last = None
-        while not self.load_future.done():
-            if use_progress and self.load_state != last:
-                last = self.load_state
+        while not future.done():
+            state = self.service.load_state
+            if use_progress and state != last:
+                last = state
                 self.work_done_progress.report(
-                    token, types.WorkDoneProgressReport(message=last.message, percentage=last.percent))
+                    token, types.WorkDoneProgressReport(message=state.message, percentage=state.percent))
             await asyncio.sleep(0.1)
-        error = self.load_future.exception()
-        message = self.load_state.message if error is None else f"model failed to load: {error}"
+        error = future.exception()
+        message = self.service.load_state.message if error is None else f"model failed to load: {error}"
         if use_progress:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
         if error is not None:
@@ -233,8 +163,7 @@ class DglspServer(LanguageServer):
 
     def show_backend_notices(self) -> None:
         """A remote backend's changes of state (server down, key refused, back again), shown once each."""
-        take_notices = getattr(self.completer.engine, "take_notices", None) if self.completer else None
-        for level, message in take_notices() if take_notices else []:
+        for level, message in self.service.take_notices():
             kind = types.MessageType.Error if level == "error" else types.MessageType.Info
             self.window_show_message(types.ShowMessageParams(kind, message))
 
@@ -252,15 +181,9 @@ class DglspServer(LanguageServer):
     # -- settings -----------------------------------------------------------------------------
     def apply_settings(self, options: Any) -> None:
         options, refused = _client_options(options, self.serve)
-        engine_before, remote_before = self.settings.engine, self.settings.remote
-        self.settings, warnings = self.settings.updated(options)
-        warnings = refused + warnings
-        backend_changed = self.settings.engine != engine_before or self.settings.remote != remote_before
-        if backend_changed and self.load_future is not None:
-            self.reload_model("the engine settings changed")
-        self.scheduler.debounce_ms = self.settings.scheduler.debounce_ms
-        self.typing_through.lookback = self.settings.latency.typing_through_lookback
-        for warning in warnings:
+        settings, warnings = self.settings.updated(options)
+        self.service.update_settings(settings)
+        for warning in refused + warnings:
             log.warning("settings: %s", warning)
             self.window_show_message(types.ShowMessageParams(types.MessageType.Warning, f"dglsp settings: {warning}"))
 
@@ -273,89 +196,18 @@ class DglspServer(LanguageServer):
         on_commit: Callable[[str], None] | None = None,
         stop: threading.Event | None = None,
     ) -> tuple[str, types.Range] | None:
-        """The suggestion at `position`, or None when there is nothing to show.
-
-        `draft=True` is an explicit long draft (canvas after canvas, see `Completer.complete`); it
-        runs under its own scheduler key so that automatic requests do not supersede it. `stop` is
-        an extra stop flag (the draft's progress cancel button), honoured even before the job starts.
-        """
-        request_id = next(self._request_ids)
-        settings = self.settings
-        latency = settings.latency
-        deadline = time.monotonic() + latency.deadline_ms / 1000 if latency.deadline_ms and not draft else None
+        """The suggestion at `position` and the range it replaces (empty, or auto-closed brackets it types over)."""
         document = snapshot(self.workspace, uri)
-        offset = offset_at(document.text, position, self.workspace.position_encoding)
-        if not draft:
-            self.metrics.requests += 1
-            # Typing what the ghost text says needs no model; a real request also ends speculation.
-            rest = self.typing_through.lookup(uri, document.text, offset) if latency.typing_through else None
-            pending = self._speculating.get(uri)
-            if rest is None and pending is not None and pending[0] == context_key(uri, document.text, offset):
-                # The speculation after an accept is computing exactly this: wait for it, don't redo it.
-                await asyncio.shield(pending[1])
-                rest = self.typing_through.lookup(uri, document.text, offset)
-            if rest is not None:
-                self.scheduler.cancel(uri, "answered by typing-through")
-                self.metrics.shown += 1
-                self.metrics.typing_through_served += 1
-                self._log_request(request_id, uri, f"{len(rest)} chars; served from typing-through, no model run")
-                return rest, types.Range(position, position)
-        completer = await self.ready_completer()
-        current = snapshot(self.workspace, uri).version
-        if current != document.version:  # edited while the model was loading: no job existed to be stopped
-            self._log_request(request_id, uri, f"cancelled (document changed to version {current})")
+        encoding = self.workspace.position_encoding
+        offset = offset_at(document.text, position, encoding)
+        live = self.settings.latency.live_canvas and not draft
+        on_step = self._live_canvas(uri, document.version, position) if live else None
+        found = await self.service.suggest(document, offset, draft=draft, on_commit=on_commit, stop=stop,
+                                           on_step=on_step)
+        if found is None:
             return None
-        context = completer.context_at(document.text, offset, settings, document.path, document.language_id, key=uri)
-        context = self._with_snippets(uri, context, completer, settings)
-        on_step = self._live_canvas(uri, document.version, position) if latency.live_canvas and not draft else None
-        try:
-            suggestion = await self.scheduler.submit(
-                f"{uri}#draft" if draft else uri,
-                document.version,
-                lambda job: self._counted(completer.complete(
-                    context, settings, _either(job.should_stop, stop), deadline=deadline, draft=draft,
-                    on_commit=on_commit, cache_key=uri, on_step=on_step), job),
-            )
-        except Cancelled as exc:
-            self._log_request(request_id, uri, f"cancelled ({exc})")
-            if on_step is not None:
-                on_step(-1, "")
-            return None
-        self.last_latency_ms = suggestion.total_ms
-        shown = "empty" if suggestion.text is None else f"{len(suggestion.text)} chars"
-        self._log_request(request_id, uri, f"{shown}; {suggestion.timings()}")
-        if on_step is not None:
-            on_step(-1, suggestion.text or "")
-        if suggestion.text is None:
-            return None
-        if not draft:
-            self.metrics.shown += 1
-            self.metrics.deadline_hits += suggestion.stats.hit_deadline
-            if not suggestion.replace_chars:  # typing-through replays insertions only
-                self.typing_through.remember(uri, document.text, offset, suggestion.text)
-        # The suggestion may type over auto-closed brackets after the cursor: the range covers them.
-        replaced = document.text[offset: offset + suggestion.replace_chars]
-        end = position_after(position, replaced, self.workspace.position_encoding)
-        return suggestion.text, types.Range(position, end)
-
-    def _with_snippets(self, uri: str, context: CursorContext, completer: Completer,
-                       settings: Settings) -> CursorContext:
-        """Add snippets of the other open documents and recent edits, when the prompt format takes them."""
-        if not snippets_enabled(completer.format, settings.context):
-            return context
-        documents = [OpenDocument(doc.uri, snapshot(self.workspace, doc.uri).path, doc.language_id or "", doc.source)
-                     for doc in list(self.workspace.text_documents.values())]
-        snippets = pick_snippets(uri, context, documents, settings.context, self.recent_edits)
-        return dataclasses.replace(context, snippets=snippets)
-
-    def _counted(self, suggestion, job):
-        """Book a finished run's forward passes (on the worker thread, so cancellation is final)."""
-        if job.should_stop() or suggestion.stats.stopped:
-            outcome = "wasted"
-        else:
-            outcome = "shown" if suggestion.text is not None else "empty"
-        self.metrics.count_run(suggestion.stats.forward_passes, outcome)
-        return suggestion
+        replaced = document.text[offset: offset + found.replace_chars]
+        return found.text, types.Range(position, position_after(position, replaced, encoding))
 
     def _live_canvas(self, uri: str, version: int, position: types.Position) -> Callable[[int, str], None]:
         """`dglsp/canvas` notifications from the worker thread: throttled steps, then one with done=true.
@@ -386,61 +238,13 @@ class DglspServer(LanguageServer):
         text = spec.get("text") if isinstance(spec.get("text"), str) else (args[2] if len(args) > 2 else "")
         if not isinstance(text, str) or not text:
             raise InvalidRequestError("dglsp.accepted takes {uri, position, text}")
-        task = asyncio.ensure_future(self._speculate(uri, position, text))
-        self._speculations.add(task)
-        task.add_done_callback(self._speculations.discard)
-
-    async def _speculate(self, uri: str, position: types.Position, accepted: str) -> None:
-        """Precompute the suggestion after `accepted` at low priority; it waits in the typing-through cache."""
         try:
             document = snapshot(self.workspace, uri)
             offset = offset_at(document.text, position, self.workspace.position_encoding)
-            text, offset = after_acceptance(document.text, offset, accepted)
-            if self.typing_through.peek(uri, text, offset) is not None:
-                return  # a real request already answered there (the editor asked before running the command)
-            task = asyncio.current_task()
-            if task is not None:
-                self._speculating[uri] = (context_key(uri, text, offset), task)
-            completer = await self.ready_completer()
-            settings = self.settings
-            context = completer.context_at(text, offset, settings, document.path, document.language_id, key=uri)
-            context = self._with_snippets(uri, context, completer, settings)
-
-            def work(job):
-                suggestion = completer.complete(context, settings, job.should_stop, cache_key=uri)
-                self.metrics.count_run(suggestion.stats.forward_passes, "speculative")
-                return suggestion
-
-            self.metrics.speculative_runs += 1
-            suggestion = await self.scheduler.submit(f"{uri}#speculative", document.version, work, background=True)
-        except (Cancelled, DglspError) as exc:
+        except DglspError as exc:  # closed or edited away since: nothing to speculate on
             log.debug("speculation dropped: %s", exc)
             return
-        except Exception:
-            log.exception("speculation failed")
-            return
-        finally:
-            if self._speculating.get(uri, (None, None))[1] is asyncio.current_task():
-                del self._speculating[uri]
-        if suggestion.text is not None:
-            self.typing_through.remember(uri, text, offset, suggestion.text)
-        log.info("speculated the next suggestion for %s: %s", uri.rsplit("/", 1)[-1], suggestion.timings())
-
-    def stats(self) -> dict:
-        """`dglsp.stats`: what `dglsp bench` reads back from the server."""
-        engine = self.completer.engine if self.completer is not None else None
-        prefix = engine.prefix_cache.stats if engine is not None else None
-        return {
-            **self.metrics.as_dict(),
-            "prefix_cache": {"lookups": prefix.lookups, "hits": prefix.hits, "hit_rate": prefix.hit_rate,
-                             "reused_tokens": prefix.reused_tokens, "encoded_tokens": prefix.encoded_tokens,
-                             "evictions": prefix.evictions, "bytes": engine.prefix_cache.nbytes} if prefix else None,
-            "typing_through": {"lookups": self.typing_through.stats.lookups, "hits": self.typing_through.stats.hits,
-                               "hit_rate": self.typing_through.stats.hit_rate},
-            "cancel_to_idle_ms": list(self.scheduler.cancel_to_idle_ms),
-            "memory": memory_mb(),
-            "device": str(engine.device) if engine is not None else None,
-        }
+        self.service.accepted(document, offset, text)
 
     async def draft(self, args: tuple) -> dict:
         """`dglsp.draft`: draft at a position, stream committed canvases as `$/progress`, then apply the
@@ -451,7 +255,7 @@ class DglspServer(LanguageServer):
         uri, position = _draft_target(args)
         apply = not (len(args) == 1 and isinstance(args[0], dict) and args[0].get("apply") is False)
         version = snapshot(self.workspace, uri).version
-        token = f"dglsp/draft/{next(self._request_ids)}"
+        token = f"dglsp/draft/{self.service.new_request_id()}"
         loop = asyncio.get_running_loop()
         reporting = await self._begin_progress(token, "dglsp: drafting", cancellable=True)
         cancel_button = self.work_done_progress.tokens.get(token) if reporting else None
@@ -486,24 +290,20 @@ class DglspServer(LanguageServer):
         result = await self.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label="dglsp draft"))
         return {"applied": bool(result.applied), "text": text}
 
-    async def _begin_progress(self, token: str, title: str, cancellable: bool = False) -> bool:
+    async def _begin_progress(self, token: str, title: str, cancellable: bool = False,
+                              percentage: int | None = None) -> bool:
         """Start server-initiated work-done progress if the client supports it."""
         capabilities = self.protocol.client_capabilities
         window = capabilities.window if capabilities else None
         if not (window and window.work_done_progress):
             return False
         await self.work_done_progress.create_async(token)
-        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=cancellable))
+        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=cancellable,
+                                                                         percentage=percentage))
         return True
 
-    def _log_request(self, request_id: int, uri: str, outcome: str) -> None:
-        message = f"[{request_id}] {uri.rsplit('/', 1)[-1]}: {outcome}"
-        log.info(message)
-        self.window_log_message(types.LogMessageParams(types.MessageType.Log, message))
-
-
-def _either(should_stop: Callable[[], bool], stop: threading.Event | None) -> Callable[[], bool]:
-    return should_stop if stop is None else (lambda: should_stop() or stop.is_set())
+    def _log_to_client(self, line: str) -> None:
+        self.window_log_message(types.LogMessageParams(types.MessageType.Log, line))
 
 
 def _draft_target(args: tuple) -> tuple[str, types.Position]:
@@ -605,24 +405,17 @@ def build_server(settings: Settings | None = None, serve: ServeSettings | None =
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: DglspServer, params: types.DidChangeTextDocumentParams) -> None:
-        ls.scheduler.document_changed(params.text_document.uri, params.text_document.version)
-        for change in params.content_changes:  # remembered for snippets of recently edited code
-            if isinstance(change, types.TextDocumentContentChangePartial):
-                ls.recent_edits.record(params.text_document.uri, change.range.start.line)
+        lines = [change.range.start.line for change in params.content_changes
+                 if isinstance(change, types.TextDocumentContentChangePartial)]
+        ls.service.document_changed(params.text_document.uri, params.text_document.version, lines)
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: DglspServer, params: types.DidOpenTextDocumentParams) -> None:
-        ls.scheduler.forget(params.text_document.uri)  # a (re)opened document counts versions afresh
+        ls.service.document_opened(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: DglspServer, params: types.DidCloseTextDocumentParams) -> None:
-        ls.scheduler.cancel(params.text_document.uri, "document closed")
-        ls.scheduler.forget(params.text_document.uri)
-        ls.typing_through.forget(params.text_document.uri)
-        ls.recent_edits.forget(params.text_document.uri)
-        if ls.completer is not None:
-            ls.completer.engine.prefix_cache.drop(params.text_document.uri)
-            ls.completer.anchors.forget(params.text_document.uri)
+        ls.service.document_closed(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: DglspServer, params: types.InlineCompletionParams):
@@ -665,15 +458,7 @@ def build_server(settings: Settings | None = None, serve: ServeSettings | None =
 
     @server.feature("dglsp/status")
     def status(ls: DglspServer, params: Any) -> dict:
-        """What editors show in their status line / `:DglspStatus`; answers while the model loads."""
-        bundle = ls.completer.bundle if ls.completer is not None else None
-        return {
-            "model": str(bundle.path) if bundle else ls.settings.engine.model,
-            "device": str(bundle.device) if bundle else ls.settings.engine.device,
-            "ready": ls.completer is not None,
-            "last_latency_ms": ls.last_latency_ms,
-            "load_message": ls.load_state.message,
-        }
+        return ls.service.status()
 
     @server.command("dglsp.accepted")
     async def accepted(ls: DglspServer, *args: Any):
@@ -681,7 +466,7 @@ def build_server(settings: Settings | None = None, serve: ServeSettings | None =
 
     @server.command("dglsp.stats")
     async def stats(ls: DglspServer, *args: Any):
-        return ls.stats()
+        return ls.service.stats()
 
     @server.feature("dglsp/documentText")
     def document_text(ls: DglspServer, params: Any) -> dict:
@@ -694,6 +479,6 @@ def build_server(settings: Settings | None = None, serve: ServeSettings | None =
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: DglspServer, params: Any) -> None:
-        ls.scheduler.cancel_all("shutdown")
+        ls.service.scheduler.cancel_all("shutdown")
 
     return server

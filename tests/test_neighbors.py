@@ -117,7 +117,7 @@ def test_server_adds_snippets_from_open_documents_and_edits():
     class ChatModel:  # what the server asks of the completer here: its prompt format
         format = PromptFormat("chat", {}, trained_with_snippets=True)
 
-    context = server._with_snippets("file:///p/main.py", CONTEXT, ChatModel(), server.settings)
+    context = server.service.with_snippets("file:///p/main.py", CONTEXT, ChatModel(), server.settings)
     assert context.snippets and "def parse_config(text):" in context.snippets[-1].text
     off = Settings(context=ContextSettings(snippets="off"))
-    assert server._with_snippets("file:///p/main.py", CONTEXT, ChatModel(), off).snippets == ()
+    assert server.service.with_snippets("file:///p/main.py", CONTEXT, ChatModel(), off).snippets == ()
