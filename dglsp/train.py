@@ -421,6 +421,7 @@ def write_model_card(model_dir: Path) -> None:
         f" {training.get('train_hours')} h on `{training.get('device')}` ({training.get('threads')} thread(s)),"
         f" {_tokens_per_second(training):,.0f} tokens/s over all runs; the last run computed in"
         f" {training.get('compute') or training.get('config', {}).get('precision', 'float32')}.",
+        f"- Learning rate: {_schedule(training.get('config', {}))}.",
         f"- Best held-out loss (canvas + AR): {training.get('best_held_out_loss')}; last eval: {training.get('last')}.",
         "- Objective: uniform-token corruption of the canvas (t ~ U(eps, 1)), weighted canvas cross-entropy"
         " (middle and EOS 1, padding down-weighted), two-pass self-conditioning (p = 0.5), and the encoder's"
@@ -444,6 +445,17 @@ def write_model_card(model_dir: Path) -> None:
     else:
         lines.append("Not evaluated yet: run `dglsp eval --model DIR --record`.")
     (model_dir / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def _schedule(config: dict) -> str:
+    """The last run's learning-rate schedule in words (earlier runs held the peak rate)."""
+    peak = config.get("lr", TrainConfig.lr)
+    steps, cooldown = config.get("max_steps", 0), config.get("cooldown_steps", 0)
+    words = f"AdamW, {config.get('warmup_steps', TrainConfig.warmup_steps)} warmup steps, then {peak:g}"
+    if not (steps and cooldown):
+        return words + " constant"
+    floor = peak * config.get("min_lr_ratio", TrainConfig.min_lr_ratio)
+    return words + f" until step {max(1, steps - cooldown)}, then linearly down to {floor:g} at step {steps}"
 
 
 def _tokens_per_second(training: dict) -> float:

@@ -187,6 +187,8 @@ def test_a_decay_is_a_branch_that_a_longer_run_does_not_inherit(tiny_work_dir):
     log = (tiny_work_dir / "train.log").read_text()
     assert f"resumed from {tiny_work_dir / 'checkpoint-stable.pt'} at step 2" in log
     assert torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)["state"]["step"] == 5
+    card = (tiny_work_dir / "export" / "MODEL_CARD.md").read_text()
+    assert "until step 4, then linearly down to" in card
 
 
 def test_the_shipped_model_loads_through_the_serving_code():
