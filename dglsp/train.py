@@ -610,27 +610,14 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path, ship_dir: Path | N
     preset = modelzoo.PRESETS[cfg.preset]
     model = modelzoo.build_model(preset, len(tokenizer), seed=cfg.seed).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    state = TrainState()
-    checkpoint = work_dir / "checkpoint.pt"
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        source = resume_path(work_dir, cfg, saved["state"].get("cooldown_start", 0))
-        if source != checkpoint:
-            log(f"{checkpoint} is part-way down another decay: going on from {source} instead")
-            saved = torch.load(source, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = TrainState(**saved["state"])
-        log(f"resumed from {source} at step {state.step} ({state.tokens_seen:,} tokens seen)")
-    if cooldown_start(cfg):
-        log(f"learning rate decays from step {cooldown_start(cfg)} to {cfg.max_steps}, "
-            f"down to {cfg.lr * cfg.min_lr_ratio:g}")
+    state = _resume(model, optimizer, work_dir, cfg, device, log)
     amp = autocast_dtype(cfg, device)
     log(f"model: preset {cfg.preset}, {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{len(train_files)} training files, {len(held_out)} held out, {amp or torch.float32} compute on {device}")
     stream = ExampleStream(train_files, tokenizer, fmt, cfg, preset.canvas_length)
     eval_batches = [to_device(b, device) for b in held_out_batches(held_out, tokenizer, fmt, cfg, preset.canvas_length)]
     generator = torch.Generator(device=device).manual_seed(cfg.seed + state.step)
+    checkpoint = work_dir / "checkpoint.pt"
     begin = time.monotonic()
     last_checkpoint = last_export = begin
     if not export_dir.exists():  # the first export comes early, so a default model exists within minutes
@@ -639,24 +626,11 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path, ship_dir: Path | N
     window: list[dict] = []
     stop = _stop_on_signals()
     while not _done(cfg, state, begin) and not stop:
-        step_begin = time.monotonic()
         if cooldown_start(cfg) and state.step >= cooldown_start(cfg) and not state.cooldown_start:
             save_checkpoint(work_dir / "checkpoint-stable.pt", model, optimizer, state, cfg)
             state.cooldown_start = cooldown_start(cfg)
             log(f"decay begins at step {state.step}: the stable phase is saved as checkpoint-stable.pt")
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(state.step, cfg)
-        batch = to_device(stream.batch(state.step), device)
-        with autocast(amp, device):
-            loss, stats = training_loss(model, batch, cfg, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        state.step += 1
-        state.tokens_seen += stats["tokens"]
-        state.loss_tokens_seen += stats["loss_tokens"]
-        state.train_seconds += time.monotonic() - step_begin
+        stats = _train_step(model, optimizer, stream, cfg, state, generator, amp, device)
         window.append(stats)
         if bar is not None:
             bar.update(1)
@@ -685,6 +659,49 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path, ship_dir: Path | N
     if bar is not None:
         bar.close()
     return state
+
+
+def _resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, work_dir: Path, cfg: TrainConfig,
+            device: torch.device, log: Log) -> TrainState:
+    """Load the run's checkpoint into `model` and `optimizer` (a fresh state when there is none)."""
+    checkpoint = work_dir / "checkpoint.pt"
+    state = TrainState()
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        source = resume_path(work_dir, cfg, saved["state"].get("cooldown_start", 0))
+        if source != checkpoint:
+            log(f"{checkpoint} is part-way down another decay: going on from {source} instead")
+            saved = torch.load(source, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = TrainState(**saved["state"])
+        log(f"resumed from {source} at step {state.step} ({state.tokens_seen:,} tokens seen)")
+    if cooldown_start(cfg):
+        log(f"learning rate decays from step {cooldown_start(cfg)} to {cfg.max_steps}, "
+            f"down to {cfg.lr * cfg.min_lr_ratio:g}")
+    return state
+
+
+def _train_step(model: DiffusionGemmaForBlockDiffusion, optimizer: torch.optim.Optimizer, stream: ExampleStream,
+                cfg: TrainConfig, state: TrainState, generator: torch.Generator, amp: torch.dtype | None,
+                device: torch.device) -> dict:
+    """One optimizer step at the schedule's rate (its batch's making counted in the time); advances `state`
+    and returns the step's losses."""
+    step_begin = time.monotonic()
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(state.step, cfg)
+    batch = to_device(stream.batch(state.step), device)
+    with autocast(amp, device):
+        loss, stats = training_loss(model, batch, cfg, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    state.step += 1
+    state.tokens_seen += stats["tokens"]
+    state.loss_tokens_seen += stats["loss_tokens"]
+    state.train_seconds += time.monotonic() - step_begin
+    return stats
 
 
 def _export_and_ship(model: DiffusionGemmaForBlockDiffusion, tokenizer: PreTrainedTokenizerBase, export_dir: Path,
