@@ -6,6 +6,9 @@ middle twice — block diffusion through the canvas (`Engine.generate`) and gree
 token-by-token decoding through the encoder's LM head (`Engine.generate_autoregressive`) —
 and runs prompt + completion + suffix + tests in a sandboxed subprocess (`run_program`).
 Rows report pass@1, exact match, forward passes and milliseconds per completion.
+Scoring reads outputs from a `Source`: the model (`model_source`), or the outputs an
+earlier run saved with `--save-outputs` (`recorded_source`, `--rescore`), so a change to
+post-processing is measured again on the same generations without running a model.
 
 The completion is post-processed the way an editor would insert it, and only that way: cut
 at EOS (the engine already does), single-line problems keep the first line, and a
@@ -194,37 +197,83 @@ def complete(engine: Engine, decoding: str, prompt_ids: list[int], sampler: Samp
     raise ValueError(f"unknown decoding {decoding!r}")
 
 
-def evaluate(engine: Engine, builder: PromptBuilder, base_sampler: SamplerSettings, options: EvalOptions,
-             log: Callable[[str], None] = lambda message: None) -> dict:
-    tokenizer = engine.bundle.tokenizer
+@dataclass(frozen=True)
+class Output:
+    """One problem's decoded middle, and what producing it cost."""
+
+    text: str
+    forward_passes: float
+    ms: float
+
+
+# (benchmark, decoding, problem) -> its output; a model run, or outputs recorded by an earlier run.
+Source = Callable[[str, str, Problem], Output]
+
+
+def model_source(engine: Engine, builder: PromptBuilder, base_sampler: SamplerSettings, options: EvalOptions
+                 ) -> Source:
+    """Outputs of the model: each decoding warmed up once (untimed: first calls allocate)."""
+    warmed: set[tuple[str, str]] = set()
+
+    def generate(benchmark: str, decoding: str, problem: Problem) -> Output:
+        canvases = 1 if benchmark == "single-line" else options.max_canvases_multi_line
+        sampler = replace(base_sampler, max_canvases=canvases, seed=options.seed)
+        prompt_ids = builder.build(CursorContext(problem.prompt, problem.suffix, path=PROBLEM_PATH)).ids
+        if (benchmark, decoding) not in warmed:
+            complete(engine, decoding, prompt_ids, sampler)
+            warmed.add((benchmark, decoding))
+        begin = time.perf_counter()
+        generation, passes = complete(engine, decoding, prompt_ids, sampler)
+        ms = (time.perf_counter() - begin) * 1000
+        return Output(engine.bundle.tokenizer.decode(generation.token_ids, skip_special_tokens=True), passes, ms)
+
+    return generate
+
+
+def recorded_source(path: Path) -> Source:
+    """Outputs saved by `--save-outputs`: scoring post-processing again needs no model."""
+    recorded = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        recorded[(entry["benchmark"], entry["decoding"], entry["task_id"])] = Output(
+            entry["text"], entry["forward_passes"], entry["ms"])
+
+    def generate(benchmark: str, decoding: str, problem: Problem) -> Output:
+        try:
+            return recorded[(benchmark, decoding, problem.task_id)]
+        except KeyError:
+            raise SystemExit(f"dglsp eval: {path} has no {decoding} output for {problem.task_id}") from None
+
+    return generate
+
+
+def evaluate(source: Source, options: EvalOptions, log: Callable[[str], None] = lambda message: None,
+             outputs: list[dict] | None = None) -> dict:
+    """Score every (benchmark, decoding) on `source`'s outputs; `outputs`, if given, collects them."""
     rows: list[Row] = []
     blank_floor = None
     for benchmark in options.benchmarks:
         problems = load_problems(benchmark, limit=options.limit)
         single_line = benchmark == "single-line"
-        canvases = 1 if single_line else options.max_canvases_multi_line
-        sampler = replace(base_sampler, max_canvases=canvases, seed=options.seed)
-        prompts = [builder.build(CursorContext(p.prompt, p.suffix, path=PROBLEM_PATH)).ids for p in problems]
         if single_line:
             blank = sum(check_completion(p, "\n", options.timeout_s).passed for p in problems)
             blank_floor = blank / len(problems)
         for decoding in options.decodings:
-            complete(engine, decoding, prompts[0], sampler)  # warm-up, not timed: first calls allocate
             row = Row(decoding, benchmark, problems=len(problems))
             names = ("pipeline", *(f"pipeline-{name}" for name in FILTERS)) if options.pipeline else ()
             extra = {name: Row(f"{decoding}+{name}", benchmark, problems=len(problems)) for name in names}
-            for problem, prompt_ids in zip(problems, prompts, strict=True):
-                begin = time.perf_counter()
-                generation, passes = complete(engine, decoding, prompt_ids, sampler)
-                row.ms_per_completion += (time.perf_counter() - begin) * 1000 / len(problems)
-                row.forward_passes += passes / len(problems)
-                decoded = tokenizer.decode(generation.token_ids, skip_special_tokens=True)
+            for problem in problems:
+                output = source(benchmark, decoding, problem)
+                if outputs is not None:
+                    outputs.append({"benchmark": benchmark, "decoding": decoding, "task_id": problem.task_id,
+                                    **asdict(output)})
+                row.ms_per_completion += output.ms / len(problems)
+                row.forward_passes += output.forward_passes / len(problems)
                 for variant, variant_row in extra.items():
-                    piped = pipeline_completion(decoded, problem, variant)
+                    piped = pipeline_completion(output.text, problem, variant)
                     variant_row.passed += check_completion(problem, piped, options.timeout_s).passed
                     variant_row.exact += is_exact(piped, problem)
-                text = postprocess(tokenizer.decode(generation.token_ids, skip_special_tokens=True), problem,
-                                   single_line)
+                text = postprocess(output.text, problem, single_line)
                 result = check_completion(problem, text, options.timeout_s)
                 row.passed += result.passed
                 row.exact += is_exact(text, problem)
@@ -293,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--record", action="store_true",
                         help="write eval.json into the model directory and refresh its MODEL_CARD.md")
     parser.add_argument("--verbose", action="store_true", help="print every completion and its outcome")
+    parser.add_argument("--save-outputs", type=Path, default=None, metavar="FILE",
+                        help="write every decoded middle (JSON lines) for --rescore")
+    parser.add_argument("--rescore", type=Path, default=None, metavar="FILE",
+                        help="score the outputs a --save-outputs run wrote, without a model (post-processing "
+                             "changes, --pipeline ablations); same --benchmark/--decoding/--limit")
     parser.add_argument("--pipeline", action="store_true",
                         help="also score dglsp's post-processing pipeline, and the pipeline without each filter, "
                              "on the same generations (rows DECODING+pipeline, DECODING+pipeline-FILTER)")
@@ -300,14 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main_eval(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    bundle = load_bundle(EngineSettings(model=args.model, device=args.device, threads=args.threads))
-    engine = Engine(bundle)
-    fmt = PromptFormat.for_model(bundle.meta, bundle.tokenizer)
-    builder = PromptBuilder(bundle.tokenizer, fmt, ContextSettings())
-    sampler = SamplerSettings(**bundle.meta.get("sampler", {"canvas_length": engine.default_canvas_length}))
-    if args.max_steps:
-        sampler = replace(sampler, max_steps=args.max_steps)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.rescore and (args.record or args.save_outputs or args.model):
+        parser.error("--rescore scores saved outputs: --model, --record and --save-outputs need a model run")
     options = EvalOptions(
         benchmarks=tuple(args.benchmark or ("single-line", "multi-line")),
         decodings=tuple(args.decoding or ("diffusion", "autoregressive")),
@@ -315,10 +365,25 @@ def main_eval(argv: list[str] | None = None) -> int:
         pipeline=args.pipeline,
     )
     log = (lambda message: print(message, file=sys.stderr)) if args.verbose else (lambda message: None)
-    result = evaluate(engine, builder, sampler, options, log=log)
+    command = "dglsp eval " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.rescore:
+        result = evaluate(recorded_source(args.rescore), options, log=log)
+        result.update(command=command, outputs=str(args.rescore))
+        print(json.dumps(result, indent=2) if args.json else render(result))
+        return 0
+    bundle = load_bundle(EngineSettings(model=args.model, device=args.device, threads=args.threads))
+    engine = Engine(bundle)
+    fmt = PromptFormat.for_model(bundle.meta, bundle.tokenizer)
+    builder = PromptBuilder(bundle.tokenizer, fmt, ContextSettings())
+    sampler = SamplerSettings(**bundle.meta.get("sampler", {"canvas_length": engine.default_canvas_length}))
+    if args.max_steps:
+        sampler = replace(sampler, max_steps=args.max_steps)
+    outputs: list[dict] | None = [] if args.save_outputs else None
+    result = evaluate(model_source(engine, builder, sampler, options), options, log=log, outputs=outputs)
+    if outputs is not None:
+        args.save_outputs.write_text("".join(json.dumps(entry) + "\n" for entry in outputs), encoding="utf-8")
     if not args.no_latency:
         result["cold_latency"] = cold_latency_ms(engine, builder, sampler)
-    command = "dglsp eval " + " ".join(sys.argv[1:] if argv is None else argv)
     # The load average says how far the timings can be trusted on a shared machine.
     result.update(command=command, model=str(bundle.path), device=_device_name(bundle.device, args.threads),
                   sampler=asdict(sampler), load_average=[round(x, 1) for x in os.getloadavg()])

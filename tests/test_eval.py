@@ -88,6 +88,33 @@ def test_eval_command_runs_both_decodings_on_a_real_model(tiny_model_dir, tmp_pa
     assert json.loads((model_dir / "eval.json").read_text())["rows"] == result["rows"]
 
 
+def test_saved_outputs_are_scored_again_without_a_model(tiny_model_dir, tmp_path, capsys):
+    outputs = tmp_path / "outputs.jsonl"
+    common = ["--benchmark", "single-line", "--limit", "2", "--json", "--pipeline"]
+    assert evaluate.main_eval(["--model", str(tiny_model_dir), *common, "--threads", "1", "--max-steps", "2",
+                               "--no-latency", "--save-outputs", str(outputs)]) == 0
+    ran = json.loads(capsys.readouterr().out)
+    assert len(outputs.read_text().splitlines()) == 4  # 2 problems x 2 decodings
+    assert evaluate.main_eval([*common, "--rescore", str(outputs)]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == ran["rows"]
+
+
+def test_rescoring_executes_the_recorded_text(tmp_path, capsys):
+    problems = evaluate.load_problems("single-line", limit=2)
+    outputs = tmp_path / "outputs.jsonl"
+
+    def rescore(texts: list[str]) -> float:
+        entries = [{"benchmark": "single-line", "decoding": "diffusion", "task_id": p.task_id, "text": text,
+                    "forward_passes": 3, "ms": 1.0} for p, text in zip(problems, texts, strict=True)]
+        outputs.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+        assert evaluate.main_eval(["--benchmark", "single-line", "--decoding", "diffusion", "--limit", "2",
+                                   "--json", "--rescore", str(outputs)]) == 0
+        return json.loads(capsys.readouterr().out)["rows"][0]["pass_at_1"]
+
+    assert rescore([p.canonical_solution for p in problems]) == 1.0
+    assert rescore(["    return not_a_name\n"] * 2) == 0.0
+
+
 def _row(decoding: str, benchmark: str, pass_at_1: float, forward_passes: float) -> dict:
     return {"decoding": decoding, "benchmark": benchmark, "problems": 40, "pass_at_1": pass_at_1,
             "exact_match": 0.0, "forward_passes": forward_passes, "ms_per_completion": 100.0}
