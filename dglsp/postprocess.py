@@ -169,10 +169,11 @@ def _width(line: str) -> int:
 
 def _at_block_edge(context: CursorContext, spec: LanguageSpec) -> bool:
     """A blank cursor line with no code of its own block below it: the line above opens a block whose
-    body is empty, or the next line dedents (a block's end, `}`, `end`), or nothing follows."""
+    body is empty, or the next line dedents (a block's end, `}`, `end`), or nothing follows. Or the line
+    above is a comment: written just before, it usually describes the block wanted below it."""
     above = next((line for line in reversed(context.prefix.split("\n")[:-1]) if line.strip()), None)
     below = next((line for line in context.suffix.split("\n")[1:] if line.strip()), None)
-    if above is None or below is None:
+    if above is None or below is None or above.lstrip().startswith(spec.line_comments):
         return True
     if opens_block(spec, above, "", 0):
         return _width(below) <= _width(above)

@@ -173,6 +173,8 @@ def test_a_blank_line_between_code_of_one_block_gets_one_line(language, prefix, 
     ("python", "def f(xs):\n    total = 0\n    ", ""),  # the end of the file
     ("javascript", "function f(xs) {\n  let total = 0;\n  ", "\n}\n"),
     ("lua", "local function f(xs)\n  local total = 0\n  ", "\nend\n"),
+    ("python", "def f(xs):\n    total = 0\n    # add them up\n    ", "\n    return total\n"),  # under a comment
+    ("javascript", "function f(xs) {\n  let total = 0;\n  // add them up\n  ", "\n  log(total);\n}\n"),
 ])
 def test_a_blank_line_at_an_empty_block_or_a_block_end_gets_a_block(language, prefix, suffix):
     raw = "for x in xs:\n        total += x" if language == "python" else "total = total + 1\n  return total"
