@@ -45,7 +45,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         "a hash of the document URI)")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--canvas-length", type=int, help="tokens per canvas (default 32)")
-    sampling.add_argument("--steps", type=int, help="maximum denoising steps per canvas (default 24)")
+    sampling.add_argument("--steps", type=int,
+                          help="maximum denoising steps per canvas (default: the model's, 8 for the embedded one)")
     sampling.add_argument("--max-canvases", type=int, help="canvases chained per completion (default 1)")
     sampling.add_argument("--seed", type=int, help="fixed sampling seed (reproducible suggestions)")
     sampling.add_argument("--settings", help="JSON object of settings, in the editor's shape, e.g. "

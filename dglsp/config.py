@@ -12,13 +12,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+DEFAULT_MAX_STEPS = 24  # denoising steps for a model that recommends none
+
 
 @dataclass(frozen=True)
 class SamplerSettings:
     """The block-diffusion schedule (DiffusionGemma's rule, see `sampler.py`)."""
 
     canvas_length: int = 32  # autocomplete wants short canvases; the 26B was trained at 256
-    max_steps: int = 24  # upper bound; the stable-and-confident stop usually ends earlier
+    # Upper bound (the stable-and-confident stop usually ends earlier). 0: the model's own, from its
+    # dglsp.json (8 for the embedded model), else DEFAULT_MAX_STEPS.
+    max_steps: int = 0
     entropy_bound: float = 0.1
     t_max: float = 0.8  # temperature at the first step
     t_min: float = 0.4  # temperature at the last step
@@ -29,7 +33,7 @@ class SamplerSettings:
 
     def validate(self) -> None:
         _require(1 <= self.canvas_length <= 1024, "canvas_length must be in 1..1024")
-        _require(1 <= self.max_steps <= 512, "max_steps must be in 1..512")
+        _require(0 <= self.max_steps <= 512, "max_steps must be in 0..512 (0: the model's default)")
         _require(self.entropy_bound > 0, "entropy_bound must be > 0")
         _require(0 < self.t_min <= self.t_max, "need 0 < t_min <= t_max")
         _require(self.stability_threshold >= 0, "stability_threshold must be >= 0")

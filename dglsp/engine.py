@@ -16,13 +16,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrainedTokenizerBase
 
-from dglsp.config import EngineSettings, LatencySettings, SamplerSettings
+from dglsp.config import DEFAULT_MAX_STEPS, EngineSettings, LatencySettings, SamplerSettings
 from dglsp.errors import ModelLoadError
 from dglsp.kvcache import PrefixCache
 from dglsp.modelcheck import check_model_dir
@@ -221,6 +221,11 @@ class Engine:
     def default_canvas_length(self) -> int:
         return int(self.model.config.canvas_length)
 
+    @property
+    def default_steps(self) -> int:
+        """The model's recommended denoising steps (its dglsp.json), for `sampler.max_steps` 0."""
+        return int(self.bundle.meta.get("sampler", {}).get("max_steps") or DEFAULT_MAX_STEPS)
+
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.model.config.get_text_config(decoder=True))
 
@@ -248,6 +253,8 @@ class Engine:
         `cache_key` (a document URI) reuses and keeps that document's prompt KV cache (`kvcache.py`).
         """
         assert prompt_ids, "the prompt must not be empty"
+        if not sampler.max_steps:
+            sampler = replace(sampler, max_steps=self.default_steps)
         with self._lock:
             return self._generate(prompt_ids, sampler, should_stop, on_canvas, deadline, cache_key)
 

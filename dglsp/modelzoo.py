@@ -27,7 +27,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     EntropyBoundSamplerConfig,
 )
 
-from dglsp.config import SamplerSettings
+from dglsp.config import DEFAULT_MAX_STEPS, SamplerSettings
 
 # Order matters: pad/eos/bos take ids 0/1/2, the ids DiffusionGemma's config expects.
 SPECIAL_TOKENS = {
@@ -140,7 +140,7 @@ def generation_config_for(
 ) -> DiffusionGemmaGenerationConfig:
     return DiffusionGemmaGenerationConfig(
         max_new_tokens=sampler.canvas_length,
-        max_denoising_steps=sampler.max_steps,
+        max_denoising_steps=sampler.max_steps or DEFAULT_MAX_STEPS,
         sampler_config=EntropyBoundSamplerConfig(entropy_bound=float(sampler.entropy_bound)),
         t_min=sampler.t_min,
         t_max=sampler.t_max,

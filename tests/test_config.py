@@ -12,7 +12,7 @@ def test_valid_settings_apply():
 def test_bad_values_are_reported_and_previous_values_kept():
     base, _ = Settings().updated({"sampler": {"max_steps": 10}})
     settings, warnings = base.updated({
-        "sampler": {"max_steps": 0, "canvas_length": "long", "seed": True, "nope": 1},
+        "sampler": {"max_steps": -1, "canvas_length": "long", "seed": True, "nope": 1},
         "context": 5,
         "unknown": {},
     })

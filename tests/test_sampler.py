@@ -121,3 +121,19 @@ def test_autoregressive_baseline_counts_one_forward_per_token(engine):
     # The prefill yields the first token; each later token costs one more encoder pass.
     expected = len(result.token_ids) + 1 if result.finished else len(result.token_ids)
     assert result.stats.encoder_passes == expected
+
+
+def test_max_steps_zero_takes_the_models_own_step_count(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    meta = json.loads((model_dir / "dglsp.json").read_text())
+    meta["sampler"]["max_steps"] = 3
+    (model_dir / "dglsp.json").write_text(json.dumps(meta))
+    engine = Engine(load_bundle(EngineSettings(model=str(model_dir), device="cpu")))
+    assert engine.default_steps == 3
+    prompt = engine.bundle.tokenizer.encode("def f(x):\n", add_special_tokens=False)
+    # Random weights never become confident, so the schedule's length is what ends each canvas.
+    assert engine.generate(prompt, SamplerSettings(canvas_length=8, seed=0)).stats.steps == 3
+    assert engine.generate(prompt, SamplerSettings(canvas_length=8, max_steps=5, seed=0)).stats.steps == 5
