@@ -107,6 +107,8 @@ def test_completion_streams_canvases_and_sends_only_what_vllm_accepts(standin, t
                                     cache_key="file:///calc.py")
     assert suggestion.text == REPLY.strip()
     assert suggestion.stats.canvases == len(REPLY) // 4 + (len(REPLY) % 4 > 0)
+    # The stand-in marks the request after writing its last chunk, which the client may read first.
+    assert standin.wait_for(lambda: standin.completions()[-1].outcome != "pending")
     request = standin.completions()[-1]
     assert request.outcome == "finished"
     payload = request.payload
