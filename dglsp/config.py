@@ -82,7 +82,7 @@ class SchedulerSettings:
 class PostprocessSettings:
     multiline: bool = True
     # A blank line with code of the same block below it gets one line, as Copilot does: a block is offered
-    # at an empty block's start or a block's end. True offers a block there too (drafts always do).
+    # at an empty block's start, a block's end or under a comment. True offers one anywhere (drafts do).
     mid_block: bool = False
     max_lines: int = 16
     tree_sitter: bool = True  # syntax checks with tree-sitter where a grammar is installed
