@@ -376,8 +376,8 @@ def main_eval(argv: list[str] | None = None) -> int:
     fmt = PromptFormat.for_model(bundle.meta, bundle.tokenizer)
     builder = PromptBuilder(bundle.tokenizer, fmt, ContextSettings())
     sampler = SamplerSettings(**bundle.meta.get("sampler", {"canvas_length": engine.default_canvas_length}))
-    if args.max_steps:
-        sampler = replace(sampler, max_steps=args.max_steps)
+    # The steps the engine would take (the model's own when unset), so eval.json records what ran.
+    sampler = replace(sampler, max_steps=args.max_steps or sampler.max_steps or engine.default_steps)
     outputs: list[dict] | None = [] if args.save_outputs else None
     result = evaluate(model_source(engine, builder, sampler, options), options, log=log, outputs=outputs)
     if outputs is not None:

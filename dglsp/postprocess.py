@@ -164,7 +164,8 @@ def _block_scope(context: CursorContext, spec: LanguageSpec, line_prefix: str, l
 
 
 def _width(line: str) -> int:
-    return len(line.expandtabs(8)) - len(line.expandtabs(8).lstrip())
+    """Indentation in columns (tabs to 8), so tab- and space-indented lines compare."""
+    return len(line[: _indent(line)].expandtabs(8))
 
 
 def _at_block_edge(context: CursorContext, spec: LanguageSpec) -> bool:

@@ -458,7 +458,8 @@ def _schedule(config: dict) -> str:
     if not (steps and cooldown):
         return words + " constant"
     floor = peak * config.get("min_lr_ratio", TrainConfig.min_lr_ratio)
-    return words + f" until step {max(1, steps - cooldown)}, then linearly down to {floor:g} at step {steps}"
+    start = cooldown_start(TrainConfig(max_steps=steps, cooldown_steps=cooldown))
+    return words + f" until step {start}, then linearly down to {floor:g} at step {steps}"
 
 
 def _tokens_per_second(training: dict) -> float:
