@@ -48,10 +48,14 @@ from dglsp.engine import cpu_has_bf16_matmuls
 from dglsp.prompt import CursorContext, PromptFormat, encode_fim, trim_to_tokens
 
 DEFAULT_WORK_DIR = Path(os.environ.get("DGLSP_TRAIN_DIR", Path.home() / "dglsp-train"))
-MIDDLE_KINDS = ("rest_of_line", "whole_line", "block", "span")
-MIDDLE_KIND_WEIGHTS = (0.25, 0.35, 0.2, 0.2)
+# What an editor asks for, most often first: the line after the indent an editor just inserted (cursor after
+# the indent, the suffix opens with the newline), a whole line from its start, the rest of a line, a block,
+# a random span. The first two are whole single lines: more than half of all middles.
+MIDDLE_KINDS = ("line_after_indent", "whole_line", "rest_of_line", "block", "span")
+MIDDLE_KIND_WEIGHTS = (0.35, 0.2, 0.2, 0.15, 0.1)
 Log = Callable[[str], None]
 HELD_OUT_EVERY = 97  # one file in ~100 (by a stable hash of its path) is held out
+PAUSE_FILE = "PAUSE"  # while this file exists in the work dir, training sleeps (after a checkpoint)
 
 
 @dataclass
@@ -92,6 +96,9 @@ class TrainConfig:
     precision: str = "auto"
     threads: int = 0
     max_package_bytes: int = 6_000_000
+    # With no checkpoint in the work dir, a run goes on from this shipped model directory (weights, tokenizer,
+    # step and counters from its dglsp.json) instead of random weights; "" starts from scratch.
+    resume_from: str = str(modelzoo.EMBEDDED_MODEL_DIR)
 
 
 @dataclass
@@ -100,9 +107,13 @@ class TrainState:
     tokens_seen: int = 0  # prompt + canvas tokens through the model
     loss_tokens_seen: int = 0  # tokens that carried a loss
     train_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the training process, all threads: what the model card counts
     best_held_out: float = math.inf
     history: list[dict] = field(default_factory=list)
     cooldown_start: int = 0  # the decay this checkpoint is on (its planned first step); 0 at the peak rate
+    warmup_start: int = 0  # the step the last learning-rate warm-up began at: 0, or where a fresh optimizer began
+    # One row per stretch of training (a run of `dglsp train`): the model card's training log.
+    stretches: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -153,6 +164,9 @@ def choose_gap(text: str, rng: random.Random) -> tuple[int, int, str]:
         indent = len(body) - len(body.lstrip())
         cut = rng.randint(indent, max(indent, len(body) - 1))
         return line_start + cut, line_start + len(body), kind
+    if kind == "line_after_indent":
+        body = lines[index].rstrip("\r\n")
+        return line_start + len(body) - len(body.lstrip()), line_start + len(body), kind
     if kind == "whole_line":
         return line_start, line_end, kind
     if kind == "block":
@@ -336,18 +350,26 @@ def prepare(work_dir: Path, cfg: TrainConfig, log: Log) -> tuple[list[corpus.Sou
                                                              PreTrainedTokenizerBase, dict]:
     files_path, manifest_path, tokenizer_dir = work_dir / "corpus.jsonl.gz", work_dir / "MANIFEST.json", \
         work_dir / "tokenizer"
-    if files_path.is_file() and manifest_path.is_file() and (tokenizer_dir / "tokenizer.json").is_file():
-        files = corpus.load_files(files_path)
+    tokenizer = None
+    shipped = shipped_model(cfg)
+    if (tokenizer_dir / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    elif shipped is not None:  # a shipped model's tokenizer is never retrained: its weights are tied to the ids
+        tokenizer = AutoTokenizer.from_pretrained(shipped)
+        tokenizer.save_pretrained(tokenizer_dir)
+        log(f"tokenizer: the shipped model's, from {shipped}")
+    if files_path.is_file() and manifest_path.is_file() and tokenizer is not None:
+        files = corpus.load_files(files_path)
         manifest = json.loads(manifest_path.read_text())
         log(f"reusing corpus ({len(files)} files) and tokenizer from {work_dir}")
     else:
         files, entries = corpus.build_corpus(cfg.max_package_bytes, log=log)
-        log(f"training the tokenizer (vocab {cfg.vocab_size})")
-        # The stdlib whole plus a third of the rest: BPE merges settle long before the corpus ends.
-        sample = [f.text for i, f in enumerate(files) if f.package == corpus.STDLIB or i % 3 == 0]
-        tokenizer = modelzoo.train_tokenizer(sample, cfg.vocab_size)
-        tokenizer.save_pretrained(tokenizer_dir)
+        if tokenizer is None:
+            log(f"training the tokenizer (vocab {cfg.vocab_size})")
+            # The stdlib whole plus a third of the rest: BPE merges settle long before the corpus ends.
+            sample = [f.text for i, f in enumerate(files) if f.package == corpus.STDLIB or i % 3 == 0]
+            tokenizer = modelzoo.train_tokenizer(sample, cfg.vocab_size)
+            tokenizer.save_pretrained(tokenizer_dir)
         corpus.count_tokens(files, entries, tokenizer)
         manifest = corpus.manifest(entries)
         corpus.save_files(files, files_path)
@@ -355,6 +377,14 @@ def prepare(work_dir: Path, cfg: TrainConfig, log: Log) -> tuple[list[corpus.Sou
     train_files = [f for f in files if not is_held_out(f)]
     held_out = [f for f in files if is_held_out(f)] or train_files[:2]  # a toy corpus may hold none out
     return train_files, held_out, tokenizer, manifest
+
+
+def shipped_model(cfg: TrainConfig) -> Path | None:
+    """The model directory a run with no checkpoint goes on from, if there is one."""
+    directory = Path(cfg.resume_from).expanduser() if cfg.resume_from else None
+    if directory is None or not all((directory / name).is_file() for name in ("dglsp.json", "tokenizer.json")):
+        return None
+    return directory
 
 
 def is_held_out(file: corpus.SourceFile) -> bool:
@@ -387,6 +417,7 @@ def export_model(model: DiffusionGemmaForBlockDiffusion, tokenizer: PreTrainedTo
     training = {
         "preset": cfg.preset, "steps": state.step, "tokens_seen": state.tokens_seen,
         "loss_tokens_seen": state.loss_tokens_seen, "train_hours": round(state.train_seconds / 3600, 3),
+        "cpu_hours": round(state.cpu_seconds / 3600, 3), "log": state.stretches,
         "best_held_out_loss": state.best_held_out if math.isfinite(state.best_held_out) else None,
         "last": state.history[-1] if state.history else None,
         "device": cfg.device, "threads": cfg.threads, "weights_dtype": str(dtype).removeprefix("torch."),
@@ -586,8 +617,8 @@ def cooldown_start(cfg: TrainConfig) -> int:
     return max(1, cfg.max_steps - cfg.cooldown_steps)
 
 
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    warm = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+def learning_rate(step: int, cfg: TrainConfig, warmup_start: int = 0) -> float:
+    warm = cfg.lr * min(1.0, (step - warmup_start + 1) / cfg.warmup_steps)
     start = cooldown_start(cfg)
     if not start or step < start:
         return warm
@@ -625,6 +656,10 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path, ship_dir: Path | N
         f"{len(train_files)} training files, {len(held_out)} held out, {amp or torch.float32} compute on {device}")
     stream = ExampleStream(train_files, tokenizer, fmt, cfg, preset.canvas_length)
     eval_batches = [to_device(b, device) for b in held_out_batches(held_out, tokenizer, fmt, cfg, preset.canvas_length)]
+    if state.step and not math.isfinite(state.best_held_out):  # resumed weights: the bar an export must beat
+        state.best_held_out = held_out_loss(model, eval_batches, cfg)["loss"]
+        log(f"held-out loss of the resumed weights: {state.best_held_out:.4f}")
+    _open_stretch(state)
     generator = torch.Generator(device=device).manual_seed(cfg.seed + state.step)
     checkpoint = work_dir / "checkpoint.pt"
     begin = time.monotonic()
@@ -635,6 +670,9 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path, ship_dir: Path | N
     window: list[dict] = []
     stop = _stop_on_signals()
     while not _done(cfg, state, begin) and not stop:
+        if (work_dir / PAUSE_FILE).exists():
+            _pause(work_dir, model, optimizer, state, cfg, stop, log)
+            continue
         if cooldown_start(cfg) and state.step >= cooldown_start(cfg) and not state.cooldown_start:
             save_checkpoint(work_dir / "checkpoint-stable.pt", model, optimizer, state, cfg)
             state.cooldown_start = cooldown_start(cfg)
@@ -670,12 +708,40 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path, ship_dir: Path | N
     return state
 
 
+def _pause(work_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
+           cfg: TrainConfig, stop: list[int], log: Log) -> None:
+    """Checkpoint, then sleep while the pause file exists (or until a signal): the cores are free meanwhile."""
+    save_checkpoint(work_dir / "checkpoint.pt", model, optimizer, state, cfg)
+    log(f"paused at step {state.step} ({work_dir / PAUSE_FILE} exists)")
+    while (work_dir / PAUSE_FILE).exists() and not stop:
+        time.sleep(2)
+    log(f"resumed at step {state.step}")
+
+
+def _open_stretch(state: TrainState) -> None:
+    """A row of the training log for this run, or the day's row when the same day's run goes on."""
+    today = time.strftime("%Y-%m-%d")
+    if not state.stretches or state.stretches[-1].get("date") != today:
+        state.stretches.append({"date": today, "from_step": state.step})
+    _update_stretch(state)
+
+
+def _update_stretch(state: TrainState) -> None:
+    state.stretches[-1].update({
+        "steps": state.step, "tokens_seen": state.tokens_seen, "cpu_hours": round(state.cpu_seconds / 3600, 2),
+        "held_out_loss": state.best_held_out if math.isfinite(state.best_held_out) else None,
+    })
+
+
 def _resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, work_dir: Path, cfg: TrainConfig,
             device: torch.device, log: Log) -> TrainState:
     """Load the run's checkpoint into `model` and `optimizer` (a fresh state when there is none)."""
     checkpoint = work_dir / "checkpoint.pt"
     state = TrainState()
-    if checkpoint.is_file():
+    shipped = shipped_model(cfg)
+    if not checkpoint.is_file() and shipped is not None:
+        state = _resume_from_shipped(model, shipped, cfg, log)
+    elif checkpoint.is_file():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         source = resume_path(work_dir, cfg, saved["state"].get("cooldown_start", 0))
         if source != checkpoint:
@@ -691,14 +757,37 @@ def _resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, work_dir: 
     return state
 
 
+def _resume_from_shipped(model: torch.nn.Module, shipped: Path, cfg: TrainConfig, log: Log) -> TrainState:
+    """Weights and counters of a shipped model directory; the optimizer starts fresh, so the rate warms up again."""
+    training = json.loads((shipped / "dglsp.json").read_text()).get("training") or {}
+    if training.get("preset") != cfg.preset:
+        log(f"{shipped} holds preset {training.get('preset')!r}, not {cfg.preset!r}: starting from random weights")
+        return TrainState()
+    loaded = DiffusionGemmaForBlockDiffusion.from_pretrained(shipped, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    step = int(training.get("steps", 0))
+    # Models shipped before CPU time was counted record wall hours only: count every thread busy throughout.
+    cpu_hours = training.get("cpu_hours", training.get("train_hours", 0.0) * max(1, training.get("threads") or 1))
+    state = TrainState(
+        step=step, tokens_seen=int(training.get("tokens_seen", 0)),
+        loss_tokens_seen=int(training.get("loss_tokens_seen", 0)),
+        train_seconds=float(training.get("train_hours", 0.0)) * 3600, cpu_seconds=float(cpu_hours) * 3600,
+        history=[training["last"]] if training.get("last") else [], warmup_start=step,
+        stretches=list(training.get("log", [])),
+    )
+    log(f"resumed from the shipped model {shipped} at step {step} ({state.tokens_seen:,} tokens seen); "
+        f"fresh optimizer state, {cfg.warmup_steps} warm-up steps")
+    return state
+
+
 def _train_step(model: DiffusionGemmaForBlockDiffusion, optimizer: torch.optim.Optimizer, stream: ExampleStream,
                 cfg: TrainConfig, state: TrainState, generator: torch.Generator, amp: torch.dtype | None,
                 device: torch.device) -> dict:
     """One optimizer step at the schedule's rate (its batch's making counted in the time); advances `state`
     and returns the step's losses."""
-    step_begin = time.monotonic()
+    step_begin, cpu_begin = time.monotonic(), time.process_time()
     for group in optimizer.param_groups:
-        group["lr"] = learning_rate(state.step, cfg)
+        group["lr"] = learning_rate(state.step, cfg, state.warmup_start)
     batch = to_device(stream.batch(state.step), device)
     with autocast(amp, device):
         loss, stats = training_loss(model, batch, cfg, generator)
@@ -710,6 +799,7 @@ def _train_step(model: DiffusionGemmaForBlockDiffusion, optimizer: torch.optim.O
     state.tokens_seen += stats["tokens"]
     state.loss_tokens_seen += stats["loss_tokens"]
     state.train_seconds += time.monotonic() - step_begin
+    state.cpu_seconds += time.process_time() - cpu_begin
     return stats
 
 
@@ -720,6 +810,7 @@ def _export_and_ship(model: DiffusionGemmaForBlockDiffusion, tokenizer: PreTrain
     improved = held["loss"] < state.best_held_out
     if improved:
         state.best_held_out = held["loss"]
+    _update_stretch(state)
     export_model(model, tokenizer, export_dir, manifest, state, cfg, command)
     log(f"exported step {state.step} to {export_dir} (held-out {held['loss']:.4f})")
     if ship_dir is not None and improved:
@@ -782,6 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the latest model directory is written (default: WORK_DIR/export)")
     parser.add_argument("--ship-to", type=Path, default=None,
                         help="copy each export whose held-out loss improved here (e.g. dglsp/embedded)")
+    parser.add_argument("--resume-from", default=defaults.resume_from,
+                        help="with no checkpoint in --work-dir, go on from this shipped model directory: its weights, "
+                             "tokenizer and counters (default: the embedded model; '' = from scratch)")
     parser.add_argument("--preset", choices=sorted(modelzoo.PRESETS), default=defaults.preset, help="model size")
     parser.add_argument("--device", default=defaults.device, help="cpu or cuda (default: %(default)s)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=defaults.precision,
@@ -824,7 +918,7 @@ def main_train(argv: list[str] | None = None) -> int:
         pad_weight=args.pad_weight, seed=args.seed,
         max_steps=args.max_steps, minutes=args.minutes, eval_every=args.eval_every,
         checkpoint_minutes=args.checkpoint_minutes, export_minutes=args.export_minutes, device=args.device,
-        threads=args.threads, precision=args.precision,
+        threads=args.threads, precision=args.precision, resume_from=args.resume_from,
     )
     work_dir = args.work_dir.expanduser()
     export_dir = (args.export_dir or work_dir / "export").expanduser()
