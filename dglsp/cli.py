@@ -79,11 +79,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler],
+    handler = logging.FileHandler(args.log_file) if getattr(args, "log_file", None) else logging.StreamHandler()
+    logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper(), handlers=[handler],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Document text stays out of the log unless the user asks for DEBUG (see redact.py).
-    from dglsp.redact import install
+    from dglsp.lsp.redact import install
 
     install(handler, logging.getLogger().level)
     # transformers' progress bars and advice go to stderr; keep them quiet unless debugging.
@@ -101,8 +101,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           remote_hosts=frozenset(host.lower() for host in hosts if host))
     if args.tcp is not None and not serve.token:  # before the heavy imports: fail fast
         raise SystemExit("dglsp serve --tcp needs a token: pass --token or set DGLSP_TOKEN")
-    from dglsp.server import build_server
-    from dglsp.transport import serve_stdio, serve_tcp
+    from dglsp.lsp.server import build_server
+    from dglsp.lsp.transport import serve_stdio, serve_tcp
 
     server = build_server(settings_from_args(args), serve)
     server.start_loading()
@@ -112,6 +112,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve_stdio(server)
     server.scheduler.shutdown()
     return 0
+
+
+def stderr_progress():
+    """A progress callback for the command line: downloads and loading stages on stderr, one line each
+    (a download rewrites its line in a terminal)."""
+    last = [""]
+
+    def report(message: str, percent: int) -> None:
+        downloading = message.startswith("downloading")
+        if message == last[0] or (not downloading and percent < 100 and not message.startswith("load")):
+            return
+        last[0] = message
+        end = "\r" if downloading and sys.stderr.isatty() else "\n"
+        print(f"dglsp: {message} ({percent}%)", end=end, file=sys.stderr, flush=True)
+
+    return report
 
 
 def parse_location(location: str) -> tuple[Path, int, int]:
@@ -133,9 +149,9 @@ def offset_of(text: str, line: int, column: int) -> int:
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    from dglsp.completer import Completer
-    from dglsp.engine import Engine, load_bundle
+    from dglsp.completion.completer import Completer
     from dglsp.errors import DglspError
+    from dglsp.model.loading import load_backend
 
     path, line, column = parse_location(args.location)
     try:
@@ -148,13 +164,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     begin = time.perf_counter()
     try:
-        if settings.engine.backend == "remote":
-            from dglsp.remote import load_remote
-
-            bundle, engine = load_remote(settings, strict=True)
-        else:
-            bundle = load_bundle(settings.engine)
-            engine = Engine(bundle)
+        bundle, engine = load_backend(settings, progress=stderr_progress(), strict=True)
     except DglspError as exc:
         raise SystemExit(f"dglsp: {exc}") from None
     load_s = time.perf_counter() - begin
@@ -239,39 +249,83 @@ def build_parser() -> argparse.ArgumentParser:
     draft.add_argument("--max-tokens", type=int, help="draft token limit (default 384)")
     _add_model_options(draft)
     draft.set_defaults(func=cmd_complete)
-    commands.add_parser("train", help="train the embedded model (see `dglsp train --help`)", add_help=False)
-    commands.add_parser("eval", help="evaluate a model on HumanEval-Infilling, or on holes cut in a repository "
-                        "with --repo PATH (see `dglsp eval --help`, `dglsp eval --repo . --help`)",
-                        add_help=False)
-    commands.add_parser("bench", help="replay a typing session over LSP and print latencies (see `dglsp bench "
-                        "--help`)", add_help=False)
+    download = commands.add_parser(
+        "download", help="fetch a Hugging Face model ahead of time, with progress, and check its files",
+        description="Download MODEL (a Hugging Face id) into the Hugging Face cache: the weights (safetensors "
+        "only), the tokenizer and its chat template, with progress; then check the files as the server would "
+        "before loading. With --tokenizer-only, only what the remote backend needs.")
+    download.add_argument("model", metavar="MODEL", help="Hugging Face id, e.g. google/diffusiongemma-26B-A4B-it")
+    download.add_argument("--tokenizer-only", action="store_true",
+                          help="only the tokenizer and chat template (for --backend remote)")
+    download.set_defaults(func=cmd_download)
+    from dglsp.tools import options
+
+    train = commands.add_parser("train", help="train the embedded model",
+                                description="Train the embedded DiffusionGemma from the permissively licensed Python "
+                                "on this machine. Re-running the same command resumes from the checkpoint in "
+                                "--work-dir; with none there, from the shipped model.")
+    options.add_train_arguments(train)
+    train.set_defaults(func=_tool("train"))
+    evaluate = commands.add_parser("eval", help="evaluate a model on HumanEval-Infilling, or on holes cut in a "
+                                   "repository (--repo PATH)",
+                                   description="Evaluate a model: HumanEval-Infilling by default, or holes cut in a "
+                                   "repository with --repo PATH.")
+    options.add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=_tool("eval"))
+    bench = commands.add_parser("bench", help="replay a typing session over LSP and print latencies; --draft: "
+                                "draft speed and quality",
+                                description="Benchmarks that print numbers: a typing session replayed over LSP "
+                                "(default), or drafts (--draft).")
+    options.add_bench_arguments(bench)
+    bench.set_defaults(func=_tool("bench"))
     return parser
 
 
+def _tool(command: str):
+    """The runner of a tool command, imported only when it runs (serving never loads the tools)."""
+
+    def run(args: argparse.Namespace) -> int:
+        if command == "train":
+            from dglsp.tools.train import run as tool
+        elif command == "eval" and args.repo is not None:
+            from dglsp.tools.eval_repo import run as tool
+        elif command == "eval":
+            from dglsp.tools.eval_humaneval import run as tool
+        elif command == "bench" and args.draft:
+            from dglsp.tools.bench_draft import run as tool
+        else:
+            from dglsp.tools.bench_typing import run as tool
+        return tool(args)
+
+    return run
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from dglsp.errors import DglspError
+    from dglsp.model.loading import download, hub_offline
+    from dglsp.model.modelcheck import check_model_dir, weight_bytes
+
+    if Path(args.model).expanduser().is_dir():
+        raise SystemExit(f"dglsp download: {args.model} is a local directory already; pass a Hugging Face id")
+    if hub_offline():
+        print("dglsp: HF_HUB_OFFLINE is set: checking the local cache only", file=sys.stderr)
+    try:
+        path = download(args.model, weights=not args.tokenizer_only, progress=stderr_progress())
+        if not args.tokenizer_only:
+            check_model_dir(path)
+    except DglspError as exc:
+        raise SystemExit(f"dglsp: {exc}") from None
+    files = sorted(p.name for p in path.iterdir() if p.is_file())
+    print(f"{args.model}: {path}")
+    print(f"  files: {', '.join(files)}")
+    if not args.tokenizer_only:
+        parameters, stored = weight_bytes(path)
+        print(f"  weights: {parameters / 1e9:.2f}B parameters, {stored / 1e9:.1f} GB on disk; files check out")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    # train/eval own their parsers (they have many options of their own).
-    if argv and argv[0] == "train":
-        from dglsp.train import main_train
-
-        return main_train(argv[1:])
-    if argv and argv[0] == "bench" and "--draft" in argv:
-        from dglsp.draft_bench import main_draft_bench
-
-        return main_draft_bench(argv[1:])
-    if argv and argv[0] == "bench":
-        from dglsp.bench import main_bench
-
-        return main_bench(argv[1:])
-    if argv and argv[0] == "eval" and any(a == "--repo" or a.startswith("--repo=") for a in argv):
-        from dglsp.repo_eval import main as main_repo_eval
-
-        return main_repo_eval(argv[1:])
-    if argv and argv[0] == "eval":
-        from dglsp.evaluate import main_eval
-
-        return main_eval(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     _setup_logging(args)
     return args.func(args)
 

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from remote_standin import StandIn  # noqa: E402
 
-from dglsp import modelzoo  # noqa: E402
+from dglsp.completion.prompt import CursorContext, PromptBuilder, PromptFormat  # noqa: E402
 from dglsp.config import RemoteSettings, SamplerSettings, Settings  # noqa: E402
-from dglsp.prompt import CursorContext, PromptBuilder, PromptFormat  # noqa: E402
-from dglsp.remote import RemoteBackend  # noqa: E402
+from dglsp.model.remote import RemoteBackend  # noqa: E402
+from dglsp.tools import modelzoo  # noqa: E402
 
 
 def tiny_model(out: Path) -> Path:

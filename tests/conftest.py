@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dglsp import modelzoo
+from dglsp.tools import modelzoo
 
 
 def stdlib_texts(limit: int = 40) -> list[str]:
@@ -31,6 +31,14 @@ def tiny_tokenizer():
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     model = modelzoo.build_model(modelzoo.PRESETS["tiny"], len(tiny_tokenizer), seed=0)
     return modelzoo.save_model_dir(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def hub_model_dir(tmp_path_factory) -> Path:
+    """A model saved exactly like google/diffusiongemma-26B-A4B-it, scaled down: the real vocabulary and special
+    ids, 128 experts top-8, five sliding layers to one full one with two global KV heads, bf16 safetensors,
+    generation_config.json (EOS [1, 106, 50], 48 steps), chat_template.jinja, no dglsp.json. Random weights."""
+    return modelzoo.save_hub_like_model(tmp_path_factory.mktemp("hub-model"), stdlib_texts(20))
 
 
 @pytest.fixture

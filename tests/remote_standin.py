@@ -26,6 +26,7 @@ SAMPLING = ("The temperature, min_p, seed, min_tokens, logit_bias, bad_words, an
             "parameters are not yet supported with diffusion models.")
 STRUCTURED = ("Structured outputs are not yet supported for diffusion language models. Remove the structured "
               "output constraint (e.g. `response_format`, `structured_outputs`) from the request.")
+SPECIAL_TEXT = ("<|channel>", "<channel|>", "<turn|>")  # what a reply may hold that vLLM skips by default
 REJECTED = {
     "suffix": "suffix is only supported for models with FIM completion rendering",
     "seed": SAMPLING, "min_p": SAMPLING, "min_tokens": SAMPLING, "logit_bias": SAMPLING, "bad_words": SAMPLING,
@@ -181,6 +182,9 @@ class StandIn:
 
     def _stream(self, handler: BaseHTTPRequestHandler, payload: dict, record: Record) -> None:
         text = self.config.reply(payload["prompt"])[: max(1, int(payload.get("max_tokens") or 16)) * 4]
+        if payload.get("skip_special_tokens", True):  # vLLM's default: special tokens are left out of the text
+            for token in SPECIAL_TEXT:
+                text = text.replace(token, "")
         finish = "length"
         for stop in (payload.get("stop") or []) if self.config.honour_stop else []:
             if stop and stop in text:

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from dglsp import bench
-from dglsp.cli import main
+from dglsp.cli import build_parser, main
+from dglsp.tools import bench_typing as bench
 
 
 def synthetic_source(functions_before: int = 40) -> str:
@@ -50,11 +50,11 @@ def test_pick_functions_explains_when_nothing_fits(tmp_path, tiny_tokenizer):
 
 
 def test_baseline_turns_the_latency_features_off():
-    args = bench.build_parser().parse_args(["--baseline", "--context-tokens", "1024"])
+    args = build_parser().parse_args(["bench", "--baseline", "--context-tokens", "1024"])
     options = bench.server_settings(args)
     assert options["latency"] == {"prefix_cache": False, "typing_through": False, "speculative": False}
     assert options["context"]["max_prefix_tokens"] + options["context"]["max_suffix_tokens"] == 1024
-    assert "latency" not in bench.server_settings(bench.build_parser().parse_args([]))
+    assert "latency" not in bench.server_settings(build_parser().parse_args(["bench"]))
 
 
 def test_percentile():

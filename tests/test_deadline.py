@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from dglsp.completer import cut_at_line_boundary
+from dglsp.completion.completer import cut_at_line_boundary
 from dglsp.config import EngineSettings, SamplerSettings
-from dglsp.engine import Engine, load_bundle
+from dglsp.model.engine import Engine
+from dglsp.model.loading import load_bundle
 
 
 def test_cut_keeps_whole_lines_only():

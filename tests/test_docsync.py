@@ -2,7 +2,7 @@
 
 The editor's view is a reference implementation written here from the LSP spec (lines end at
 `\\n`, `\\r\\n` or `\\r`; a character past the end of a line means its end; a line past the end
-of the document means its end), independent of `dglsp.documents`. Edits mix CRLF/LF/CR, emoji
+of the document means its end), independent of `dglsp.lsp.documents`. Edits mix CRLF/LF/CR, emoji
 and other characters outside the BMP, form feeds and U+2028 (which `str.splitlines` treats as
 line breaks, and pygls with it), and ranges at and past line ends, under UTF-16 and UTF-8.
 
@@ -23,7 +23,7 @@ from lsp_raw import QUICK_SAMPLER, RawServer
 from lsprotocol import types
 from pygls.workspace import TextDocument, Workspace
 
-from dglsp.textsync import adopt
+from dglsp.lsp.textsync import adopt
 
 UTF16, UTF8 = types.PositionEncodingKind.Utf16, types.PositionEncodingKind.Utf8
 PIECES = ["a", "b", "xyz", " ", "\t", "\n", "\r\n", "\r", "😀", "𝔘", "é", "中", "\x0c", "\u2028", "\x85", "\x00"]

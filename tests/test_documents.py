@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from lsprotocol.types import Position, PositionEncodingKind
 
-from dglsp.documents import Snapshot, offset_at
 from dglsp.errors import InvalidRequestError
+from dglsp.lsp.documents import Snapshot, offset_at
 
 TEXT = "a😀b\nçé = 1\r\nlast"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from dglsp.cli import main
-from dglsp.draft_bench import body_problems
+from dglsp.tools.bench_draft import body_problems
 
 
 def test_body_problems_are_signature_and_docstring_only():

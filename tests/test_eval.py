@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dglsp import evaluate
+from dglsp.cli import main as cli_main
+from dglsp.tools import eval_humaneval as evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,7 +74,7 @@ def test_limit_spreads_problems_over_the_benchmark():
 
 def test_eval_command_runs_both_decodings_on_a_real_model(tiny_model_dir, tmp_path, capsys):
     model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
-    code = evaluate.main_eval(["--model", str(model_dir), "--limit", "2", "--json", "--threads", "1",
+    code = cli_main(["eval", "--model", str(model_dir), "--limit", "2", "--json", "--threads", "1",
                                "--max-steps", "4", "--record"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
@@ -91,11 +92,11 @@ def test_eval_command_runs_both_decodings_on_a_real_model(tiny_model_dir, tmp_pa
 def test_saved_outputs_are_scored_again_without_a_model(tiny_model_dir, tmp_path, capsys):
     outputs = tmp_path / "outputs.jsonl"
     common = ["--benchmark", "single-line", "--limit", "2", "--json", "--pipeline"]
-    assert evaluate.main_eval(["--model", str(tiny_model_dir), *common, "--threads", "1", "--max-steps", "2",
+    assert cli_main(["eval", "--model", str(tiny_model_dir), *common, "--threads", "1", "--max-steps", "2",
                                "--no-latency", "--save-outputs", str(outputs)]) == 0
     ran = json.loads(capsys.readouterr().out)
     assert len(outputs.read_text().splitlines()) == 4  # 2 problems x 2 decodings
-    assert evaluate.main_eval([*common, "--rescore", str(outputs)]) == 0
+    assert cli_main(["eval", *common, "--rescore", str(outputs)]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == ran["rows"]
 
 
@@ -107,7 +108,7 @@ def test_rescoring_executes_the_recorded_text(tmp_path, capsys):
         entries = [{"benchmark": "single-line", "decoding": "diffusion", "task_id": p.task_id, "text": text,
                     "forward_passes": 3, "ms": 1.0} for p, text in zip(problems, texts, strict=True)]
         outputs.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
-        assert evaluate.main_eval(["--benchmark", "single-line", "--decoding", "diffusion", "--limit", "2",
+        assert cli_main(["eval", "--benchmark", "single-line", "--decoding", "diffusion", "--limit", "2",
                                    "--json", "--rescore", str(outputs)]) == 0
         return json.loads(capsys.readouterr().out)["rows"][0]["pass_at_1"]
 
@@ -121,7 +122,7 @@ def _row(decoding: str, benchmark: str, pass_at_1: float, forward_passes: float)
 
 
 def test_model_card_status_is_computed_from_the_numbers():
-    from dglsp.train import status_lines
+    from dglsp.tools.train import status_lines
 
     good = {"rows": [_row("diffusion", "single-line", 0.2, 5.0), _row("autoregressive", "single-line", 0.1, 20.0)],
             "blank_floor": 0.03, "cold_latency": {"ms": 250.0, "prompt_tokens": 1000, "steps": 4}}

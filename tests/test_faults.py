@@ -21,12 +21,13 @@ import torch
 from lsp_raw import QUICK_SAMPLER, RawServer
 from safetensors.torch import load_file, save_file
 
-from dglsp.completer import Completer
+from dglsp.completion.completer import Completer
+from dglsp.completion.scheduler import Cancelled, Scheduler, WorkerCrashed
 from dglsp.config import EngineSettings, SamplerSettings, ServeSettings, Settings
-from dglsp.engine import Engine, load_bundle
 from dglsp.errors import DeviceOutOfMemoryError, ModelLoadError
-from dglsp.scheduler import Cancelled, Scheduler, WorkerCrashed
-from dglsp.server import _client_options
+from dglsp.lsp.server import _client_options
+from dglsp.model.engine import Engine
+from dglsp.model.loading import load_bundle
 
 SOURCE = "def add(a, b):\n    return \n"
 URI = "file:///faults/add.py"

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from dglsp.config import EngineSettings, SamplerSettings
-from dglsp.engine import Engine, load_bundle
-from dglsp.sampler import denoise_canvas, fused_sample, token_entropy
+from dglsp.model.engine import Engine
+from dglsp.model.loading import load_bundle
+from dglsp.model.sampler import denoise_canvas, fused_sample, token_entropy
 
 
 def test_fused_entropy_matches_the_reference():

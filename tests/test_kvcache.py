@@ -7,10 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from dglsp import modelzoo
 from dglsp.config import EngineSettings, LatencySettings, SamplerSettings
-from dglsp.engine import Engine, GenerationStats, load_bundle
-from dglsp.kvcache import PrefixCache, common_prefix_length
+from dglsp.model.backend import GenerationStats
+from dglsp.model.engine import Engine
+from dglsp.model.kvcache import PrefixCache, common_prefix_length
+from dglsp.model.loading import load_bundle
+from dglsp.tools import modelzoo
 
 TOLERANCE = 1e-4
 

@@ -13,10 +13,11 @@ import re
 import pytest
 from lsp_raw import QUICK_SAMPLER, RawServer
 
-from dglsp.completer import Completer
+from dglsp.completion.completer import Completer
+from dglsp.completion.prompt import PromptBuilder
 from dglsp.config import ContextSettings, EngineSettings, SamplerSettings, Settings
-from dglsp.engine import Engine, load_bundle
-from dglsp.prompt import PromptBuilder
+from dglsp.model.engine import Engine
+from dglsp.model.loading import load_bundle
 
 BUDGET = ContextSettings(max_prefix_tokens=192, max_suffix_tokens=64)
 TEN_MB = ("def handler(event, context):\n    return process(event)\n\n" * 200_000)[:10_000_000]

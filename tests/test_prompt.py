@@ -2,9 +2,16 @@ from __future__ import annotations
 
 import pytest
 
+from dglsp.completion.prompt import (
+    CursorContext,
+    PrefixAnchors,
+    PromptBuilder,
+    PromptFormat,
+    cursor_windows,
+    trim_to_tokens,
+)
 from dglsp.config import ContextSettings
-from dglsp.modelzoo import fim_format_spec
-from dglsp.prompt import CursorContext, PrefixAnchors, PromptBuilder, PromptFormat, cursor_windows, trim_to_tokens
+from dglsp.tools.modelzoo import fim_format_spec
 
 
 def test_windows_cut_at_line_boundaries_and_stay_bounded():

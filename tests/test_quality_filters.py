@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from dglsp.completion.postprocess import Edit, indentation_unit, postprocess_edit
+from dglsp.completion.prompt import CursorContext
+from dglsp.completion.syntax import LANGUAGES, Lexer, error_count, has_grammar, in_literal, language_spec
 from dglsp.config import PostprocessSettings
-from dglsp.postprocess import Edit, indentation_unit, postprocess_edit
-from dglsp.prompt import CursorContext
-from dglsp.syntax import LANGUAGES, Lexer, error_count, has_grammar, in_literal, language_spec
 
 SETTINGS = PostprocessSettings()
 

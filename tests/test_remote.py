@@ -15,11 +15,10 @@ import time
 import pytest
 from remote_standin import REJECTED, StandIn
 
-from dglsp.completer import Completer
+from dglsp.completion.completer import Completer
+from dglsp.completion.prompt import CursorContext, PromptBuilder, PromptFormat
 from dglsp.config import RemoteSettings, SamplerSettings, Settings
-from dglsp.modelzoo import SPECIAL_TOKENS
-from dglsp.prompt import CursorContext, PromptBuilder, PromptFormat
-from dglsp.remote import (
+from dglsp.model.remote import (
     RemoteBackend,
     RemoteError,
     api_base,
@@ -29,6 +28,7 @@ from dglsp.remote import (
     render_prompt,
     typed_insertion,
 )
+from dglsp.tools.modelzoo import SPECIAL_TOKENS
 
 PREFIX = "def add(a, b):\n    "
 SUFFIX = "\n\nprint(add(1, 2))\n"

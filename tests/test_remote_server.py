@@ -25,7 +25,7 @@ from test_remote_e2e import SOURCE, URI, start_remote
 from test_server_e2e import inline_params, open_document
 
 from dglsp.config import SamplerSettings, Settings
-from dglsp.remote import RemoteError, load_remote
+from dglsp.model.remote import RemoteError, load_remote
 
 pytestmark = [
     pytest.mark.slow,

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from dglsp.cli import main as cli_main
-from dglsp.completer import Completer
+from dglsp.completion.completer import Completer
+from dglsp.completion.postprocess import FILTERS, Edit
+from dglsp.completion.prompt import CursorContext
 from dglsp.config import EngineSettings, Settings
-from dglsp.engine import Engine, load_bundle
-from dglsp.postprocess import FILTERS, Edit
-from dglsp.prompt import CursorContext
-from dglsp.repo_eval import KINDS, Report, evaluate_repo, find_holes, score_variant, source_files
+from dglsp.model.engine import Engine
+from dglsp.model.loading import load_bundle
+from dglsp.tools.eval_repo import KINDS, Report, evaluate_repo, find_holes, score_variant, source_files
 
 PYTHON = '''import math
 
@@ -80,7 +81,7 @@ def test_scoring_counts_exact_matches_and_both_bug_kinds():
     document = original[:start] + original[end:]
     context = CursorContext(document[:start], document[start:], "x.py", "python")
     report = Report()
-    from dglsp.repo_eval import Hole
+    from dglsp.tools.eval_repo import Hole
 
     hole = Hole("x.py", "python", "rest-of-line", start, end)
     score_variant(report, "truth", hole, original, document, context, Edit("a"))
@@ -124,7 +125,7 @@ def test_cli_routes_eval_repo(repo, tiny_model_dir, capsys):
 
 
 def test_humaneval_pipeline_completion_is_what_the_editor_would_insert():
-    from dglsp.evaluate import Problem, pipeline_completion
+    from dglsp.tools.eval_humaneval import Problem, pipeline_completion
 
     problem = Problem("t/0", "def f(x):\n    y = x + 1\n", "    return y\n", "    z = y\n", "", "f")
     decoded = "    z = y\n    return y\n"

@@ -7,10 +7,11 @@ import time
 import pytest
 import torch
 
-from dglsp import modelzoo
 from dglsp.config import EngineSettings, SamplerSettings
-from dglsp.engine import Engine, load_bundle
-from dglsp.sampler import denoise_canvas, entropy_bounded_accept
+from dglsp.model.engine import Engine
+from dglsp.model.loading import load_bundle
+from dglsp.model.sampler import denoise_canvas, entropy_bounded_accept
+from dglsp.tools import modelzoo
 
 VOCAB = 11
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dglsp.scheduler import Cancelled, Job, Scheduler
+from dglsp.completion.scheduler import Cancelled, Job, Scheduler
 
 
 def blocking_work(started: threading.Event, steps: list[int]):

@@ -6,10 +6,10 @@ import pytest
 from lsprotocol import types
 from pygls.workspace import Workspace
 
+from dglsp.completion.service import CompletionService, Found
 from dglsp.config import Settings
-from dglsp.documents import snapshot
 from dglsp.errors import ModelNotReadyError
-from dglsp.service import CompletionService, Found
+from dglsp.lsp.documents import WorkspaceDocuments, snapshot
 
 URI = "file:///w/ä.py"
 TEXT = "def add(a, b):\n    return \n"
@@ -22,7 +22,8 @@ def service_over(text: str, settings: Settings | None = None) -> tuple[Completio
     workspace = Workspace(None)
     workspace.put_text_document(types.TextDocumentItem(URI, "python", 1, text))
     lines: list[str] = []
-    return CompletionService(settings or Settings(), lambda: workspace, on_log=lines.append), workspace, lines
+    service = CompletionService(settings or Settings(), WorkspaceDocuments(lambda: workspace), on_log=lines.append)
+    return service, workspace, lines
 
 
 def edit(workspace: Workspace, text: str, version: int) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from dglsp import modelzoo
-from dglsp.corpus import read_text
+from dglsp.model.loading import EMBEDDED_MODEL_DIR
+from dglsp.tools import modelzoo
+from dglsp.tools.corpus import read_text
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # Files with non-ASCII text, tabs, CRLF-free odd whitespace and long lines: the cases that break lossy tokenizers.
@@ -53,9 +54,9 @@ def test_special_tokens_have_the_ids_diffusiongemma_expects(trained):
 
 
 def test_shipped_tokenizer_round_trips_the_stdlib():
-    if not (modelzoo.EMBEDDED_MODEL_DIR / "tokenizer.json").is_file():
+    if not (EMBEDDED_MODEL_DIR / "tokenizer.json").is_file():
         pytest.skip("no embedded model yet (dglsp train ships one)")
-    tokenizer = AutoTokenizer.from_pretrained(modelzoo.EMBEDDED_MODEL_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_DIR)
     assert len(tokenizer) <= 8192, "the embedded vocabulary is meant to stay small"
     for text in corpus_texts():
         assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text

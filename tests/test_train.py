@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dglsp import corpus, modelzoo, train
+from dglsp.cli import main as cli_main
+from dglsp.completion.prompt import CursorContext, PromptFormat, encode_fim
 from dglsp.config import EngineSettings, SamplerSettings
-from dglsp.engine import Engine, load_bundle
-from dglsp.prompt import CursorContext, PromptFormat, encode_fim
+from dglsp.model.engine import Engine
+from dglsp.model.loading import EMBEDDED_MODEL_DIR, load_bundle
+from dglsp.tools import corpus, modelzoo, train
+from dglsp.tools.options import TrainConfig
 
 FMT = PromptFormat("fim", dict(modelzoo.SPECIAL_TOKENS))
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -95,7 +98,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(tiny_tokenizer):
     examples = [train.make_example(f, rng, tiny_tokenizer, FMT, 16, 48, 24) for f in stdlib_sources()]
     batch = train.collate(examples, 16, tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id, pad_weight=0.1)
     model = modelzoo.build_model(modelzoo.PRESETS["tiny"], len(tiny_tokenizer), seed=0).train()
-    cfg = train.TrainConfig(preset="tiny", canvases_per_prompt=2)
+    cfg = TrainConfig(preset="tiny", canvases_per_prompt=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
 
     def loss_now() -> float:
@@ -120,7 +123,7 @@ def test_canvas_loss_reaches_the_encoder_through_the_kv_cache(tiny_tokenizer):
     examples = [train.make_example(f, rng, tiny_tokenizer, FMT, 16, 48, 24) for f in stdlib_sources()[:2]]
     batch = train.collate(examples, 16, tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id, pad_weight=0.1)
     model = modelzoo.build_model(modelzoo.PRESETS["tiny"], len(tiny_tokenizer), seed=0).train()
-    cfg = train.TrainConfig(preset="tiny", ar_weight=0.0)
+    cfg = TrainConfig(preset="tiny", ar_weight=0.0)
     loss, _ = train.training_loss(model, batch, cfg, torch.Generator().manual_seed(0))
     loss.backward()
     # With the AR loss off, a token that appears only in the prompt gets gradient only via the cached K/V.
@@ -146,10 +149,10 @@ def tiny_work_dir(tmp_path, tiny_tokenizer) -> Path:
 def test_train_resumes_from_its_checkpoint_and_exports_a_loadable_model(tiny_work_dir):
     args = ["--work-dir", str(tiny_work_dir), "--preset", "tiny", "--batch-size", "2", "--eval-every", "2",
             "--max-prefix-tokens", "48", "--max-suffix-tokens", "16", "--no-progress", "--threads", "1"]
-    assert train.main_train(args + ["--max-steps", "2"]) == 0
+    assert cli_main(["train", *args, "--max-steps", "2"]) == 0
     first = torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)
     assert first["state"]["step"] == 2
-    assert train.main_train(args + ["--max-steps", "3", "--ship-to", str(tiny_work_dir / "shipped")]) == 0
+    assert cli_main(["train", *args, "--max-steps", "3", "--ship-to", str(tiny_work_dir / "shipped")]) == 0
     second = torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)
     assert second["state"]["step"] == 3 and second["state"]["tokens_seen"] > first["state"]["tokens_seen"]
     assert "resumed from" in (tiny_work_dir / "train.log").read_text()
@@ -163,27 +166,27 @@ def test_train_resumes_from_its_checkpoint_and_exports_a_loadable_model(tiny_wor
 
 
 def test_learning_rate_warms_up_holds_then_decays_over_the_cooldown():
-    cfg = train.TrainConfig(lr=1e-3, warmup_steps=10, max_steps=100, cooldown_steps=20, min_lr_ratio=0.1)
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, max_steps=100, cooldown_steps=20, min_lr_ratio=0.1)
     rates = [train.learning_rate(step, cfg) for step in range(100)]
     assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
     assert rates[10:80] == [pytest.approx(1e-3)] * 70
     assert all(later < earlier for earlier, later in zip(rates[80:-1], rates[81:], strict=True))
     assert rates[99] == pytest.approx(1e-4)
-    constant = train.TrainConfig(lr=1e-3, warmup_steps=10, max_steps=100)  # no cooldown: peak to the end
+    constant = TrainConfig(lr=1e-3, warmup_steps=10, max_steps=100)  # no cooldown: peak to the end
     assert train.learning_rate(99, constant) == pytest.approx(1e-3)
 
 
 def test_a_decay_is_a_branch_that_a_longer_run_does_not_inherit(tiny_work_dir):
     args = ["--work-dir", str(tiny_work_dir), "--preset", "tiny", "--batch-size", "2", "--eval-every", "100",
             "--max-prefix-tokens", "48", "--max-suffix-tokens", "16", "--no-progress", "--threads", "1"]
-    assert train.main_train(args + ["--max-steps", "4", "--cooldown-steps", "2"]) == 0
+    assert cli_main(["train", *args, "--max-steps", "4", "--cooldown-steps", "2"]) == 0
     stable = torch.load(tiny_work_dir / "checkpoint-stable.pt", weights_only=False)
     decayed = torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)
     assert stable["state"]["step"] == 2 and stable["state"]["cooldown_start"] == 0
     assert decayed["state"]["step"] == 4 and decayed["state"]["cooldown_start"] == 2
     assert decayed["optimizer"]["param_groups"][0]["lr"] < stable["optimizer"]["param_groups"][0]["lr"]
     # A longer run with its own decay goes on from the end of the stable phase, not from the decayed weights.
-    assert train.main_train(args + ["--max-steps", "5", "--cooldown-steps", "1"]) == 0
+    assert cli_main(["train", *args, "--max-steps", "5", "--cooldown-steps", "1"]) == 0
     log = (tiny_work_dir / "train.log").read_text()
     assert f"resumed from {tiny_work_dir / 'checkpoint-stable.pt'} at step 2" in log
     assert torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)["state"]["step"] == 5
@@ -192,7 +195,7 @@ def test_a_decay_is_a_branch_that_a_longer_run_does_not_inherit(tiny_work_dir):
 
 
 def test_the_shipped_model_loads_through_the_serving_code():
-    directory = modelzoo.EMBEDDED_MODEL_DIR
+    directory = EMBEDDED_MODEL_DIR
     if not (directory / "config.json").is_file():
         pytest.skip("no embedded model yet (dglsp train ships one)")
     size = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
@@ -214,7 +217,7 @@ def test_sigterm_checkpoints_and_exports_before_exiting(tiny_work_dir):
     import sys
     import time
 
-    command = [sys.executable, "-m", "dglsp.train", "--work-dir", str(tiny_work_dir), "--preset", "tiny",
+    command = [sys.executable, "-m", "dglsp", "train", "--work-dir", str(tiny_work_dir), "--preset", "tiny",
                "--batch-size", "2", "--max-prefix-tokens", "48", "--max-suffix-tokens", "16", "--threads", "1",
                "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dglsp.typing_through import TypingThroughCache
+from dglsp.completion.typing_through import TypingThroughCache
 
 URI = "file:///t.py"
 BEFORE = "def area(r):\n    return "
@@ -73,7 +73,7 @@ def test_forget_drops_a_document():
 
 
 def test_after_acceptance_inserts_unless_already_applied():
-    from dglsp.typing_through import after_acceptance
+    from dglsp.completion.typing_through import after_acceptance
 
     text, offset = typed("")
     assert after_acceptance(text, offset, "r * r") == (BEFORE + "r * r" + AFTER, offset + 5)

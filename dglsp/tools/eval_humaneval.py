@@ -33,11 +33,14 @@ from pathlib import Path
 
 import torch
 
+from dglsp.completion.completer import Completer
+from dglsp.completion.postprocess import FILTERS, postprocess_edit
+from dglsp.completion.prompt import CursorContext, PromptBuilder
 from dglsp.config import ContextSettings, EngineSettings, PostprocessSettings, SamplerSettings
-from dglsp.corpus import HUMAN_EVAL_DIR
-from dglsp.engine import Engine, Generation, load_bundle
-from dglsp.postprocess import FILTERS, postprocess_edit
-from dglsp.prompt import CursorContext, PromptBuilder, PromptFormat
+from dglsp.model.backend import Generation
+from dglsp.model.engine import Engine
+from dglsp.model.loading import load_engine
+from dglsp.tools.corpus import HUMAN_EVAL_DIR
 
 BENCHMARKS = {
     "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
@@ -180,6 +183,7 @@ class EvalOptions:
     benchmarks: tuple[str, ...] = ("single-line", "multi-line")
     decodings: tuple[str, ...] = ("diffusion", "autoregressive")
     limit: int = 0
+    data_dir: Path = HUMAN_EVAL_DIR
     max_canvases_multi_line: int = 2
     timeout_s: float = 10.0
     seed: int = 0
@@ -210,8 +214,8 @@ class Output:
 Source = Callable[[str, str, Problem], Output]
 
 
-def model_source(engine: Engine, builder: PromptBuilder, base_sampler: SamplerSettings, options: EvalOptions
-                 ) -> Source:
+def model_source(engine: Engine, builder: PromptBuilder, base_sampler: SamplerSettings, options: EvalOptions,
+                 decode: Callable[[list[int]], str]) -> Source:
     """Outputs of the model: each decoding warmed up once (untimed: first calls allocate)."""
     warmed: set[tuple[str, str]] = set()
 
@@ -225,7 +229,7 @@ def model_source(engine: Engine, builder: PromptBuilder, base_sampler: SamplerSe
         begin = time.perf_counter()
         generation, passes = complete(engine, decoding, prompt_ids, sampler)
         ms = (time.perf_counter() - begin) * 1000
-        return Output(engine.bundle.tokenizer.decode(generation.token_ids, skip_special_tokens=True), passes, ms)
+        return Output(decode(generation.token_ids), passes, ms)
 
     return generate
 
@@ -253,7 +257,7 @@ def evaluate(source: Source, options: EvalOptions, log: Callable[[str], None] = 
     rows: list[Row] = []
     blank_floor = None
     for benchmark in options.benchmarks:
-        problems = load_problems(benchmark, limit=options.limit)
+        problems = load_problems(benchmark, options.data_dir, limit=options.limit)
         single_line = benchmark == "single-line"
         if single_line:
             blank = sum(check_completion(p, "\n", options.timeout_s).passed for p in problems)
@@ -319,67 +323,36 @@ def render(result: dict) -> str:
 # Command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dglsp eval",
-        description="HumanEval-Infilling pass@1 (executed), exact match, forward passes and ms per completion, "
-                    "for block-diffusion and token-by-token decoding of the same weights.",
-    )
-    parser.add_argument("--model", default=None, help="model directory or Hugging Face id (default: embedded)")
-    parser.add_argument("--benchmark", action="append", choices=sorted(BENCHMARKS), default=None,
-                        help="repeatable (default: single-line and multi-line)")
-    parser.add_argument("--decoding", action="append", choices=["diffusion", "autoregressive"], default=None,
-                        help="repeatable (default: both)")
-    parser.add_argument("--limit", type=int, default=0, help="problems per benchmark, evenly spaced (0 = all)")
-    parser.add_argument("--max-canvases", type=int, default=2, help="canvases per multi-line completion")
-    parser.add_argument("--max-steps", type=int, default=None, help="denoising steps per canvas (default: model's)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per executed program")
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed (diffusion decoding)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--no-latency", action="store_true", help="skip the cold ~1k-token completion timing")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--record", action="store_true",
-                        help="write eval.json into the model directory and refresh its MODEL_CARD.md")
-    parser.add_argument("--verbose", action="store_true", help="print every completion and its outcome")
-    parser.add_argument("--save-outputs", type=Path, default=None, metavar="FILE",
-                        help="write every decoded middle (JSON lines) for --rescore")
-    parser.add_argument("--rescore", type=Path, default=None, metavar="FILE",
-                        help="score the outputs a --save-outputs run wrote, without a model (post-processing "
-                             "changes, --pipeline ablations); same --benchmark/--decoding/--limit")
-    parser.add_argument("--pipeline", action="store_true",
-                        help="also score dglsp's post-processing pipeline, and the pipeline without each filter, "
-                             "on the same generations (rows DECODING+pipeline, DECODING+pipeline-FILTER)")
-    return parser
-
-
-def main_eval(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """`dglsp eval` on HumanEval-Infilling (options: `dglsp.tools.options.add_eval_arguments`)."""
     if args.rescore and (args.record or args.save_outputs or args.model):
-        parser.error("--rescore scores saved outputs: --model, --record and --save-outputs need a model run")
+        raise SystemExit("dglsp eval: --rescore scores saved outputs: --model, --record and --save-outputs need a "
+                         "model run")
     options = EvalOptions(
         benchmarks=tuple(args.benchmark or ("single-line", "multi-line")),
         decodings=tuple(args.decoding or ("diffusion", "autoregressive")),
-        limit=args.limit, max_canvases_multi_line=args.max_canvases, timeout_s=args.timeout, seed=args.seed,
+        limit=args.limit or 0, data_dir=args.data or HUMAN_EVAL_DIR, max_canvases_multi_line=args.max_canvases,
+        timeout_s=args.timeout, seed=args.seed,
         pipeline=args.pipeline,
     )
     log = (lambda message: print(message, file=sys.stderr)) if args.verbose else (lambda message: None)
-    command = "dglsp eval " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "dglsp " + " ".join(sys.argv[1:])
     if args.rescore:
         result = evaluate(recorded_source(args.rescore), options, log=log)
         result.update(command=command, outputs=str(args.rescore))
         print(json.dumps(result, indent=2) if args.json else render(result))
         return 0
-    bundle = load_bundle(EngineSettings(model=args.model, device=args.device, threads=args.threads))
-    engine = Engine(bundle)
-    fmt = PromptFormat.for_model(bundle.meta, bundle.tokenizer)
-    builder = PromptBuilder(bundle.tokenizer, fmt, ContextSettings())
+    bundle, engine = load_engine(EngineSettings(model=args.model, device=args.device, threads=args.threads))
+    completer = Completer(bundle, engine)  # the serving path's prompt format and decoding of the output
+    builder = PromptBuilder(bundle.tokenizer, completer.format, ContextSettings())
     sampler = SamplerSettings(**bundle.meta.get("sampler", {"canvas_length": engine.default_canvas_length}))
+    if args.canvas_length:
+        sampler = replace(sampler, canvas_length=args.canvas_length)
     # The steps the engine would take (the model's own when unset), so eval.json records what ran.
     sampler = replace(sampler, max_steps=args.max_steps or sampler.max_steps or engine.default_steps)
     outputs: list[dict] | None = [] if args.save_outputs else None
-    result = evaluate(model_source(engine, builder, sampler, options), options, log=log, outputs=outputs)
+    result = evaluate(model_source(engine, builder, sampler, options, completer.decode), options, log=log,
+                      outputs=outputs)
     if outputs is not None:
         args.save_outputs.write_text("".join(json.dumps(entry) + "\n" for entry in outputs), encoding="utf-8")
     if not args.no_latency:
@@ -391,7 +364,7 @@ def main_eval(argv: list[str] | None = None) -> int:
     if args.record:
         (bundle.path / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         if (bundle.path / "MANIFEST.json").is_file():
-            from dglsp.train import write_model_card
+            from dglsp.tools.train import write_model_card
 
             write_model_card(bundle.path)
     return 0
@@ -402,6 +375,3 @@ def _device_name(device: torch.device, threads: int) -> str:
         return torch.cuda.get_device_name(device)
     return f"cpu ({threads or torch.get_num_threads()} threads)"
 
-
-if __name__ == "__main__":
-    raise SystemExit(main_eval())

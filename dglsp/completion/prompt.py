@@ -26,11 +26,14 @@ first changed token.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from dglsp.config import ContextSettings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CURSOR_MARKER = "<CURSOR>"
 # An untitled buffer still tells the model its language, the way a path's extension does.
@@ -238,7 +241,10 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, context: CursorContext) -> l
         + f"\n\nCode before the cursor:\n```\n{context.prefix}{CURSOR_MARKER}"
     )
     messages = [{"role": "user", "content": content}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if isinstance(ids, dict):  # some tokenizers return a BatchEncoding
-        ids = ids["input_ids"]
+    # transformers 5 returns a BatchEncoding (a Mapping, not a dict) for tokenize=True unless told otherwise;
+    # iterating one yields its keys, so the ids are taken out explicitly whatever comes back.
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = rendered["input_ids"] if isinstance(rendered, Mapping) else rendered
+    if not all(isinstance(token, int) for token in ids):
+        raise TypeError(f"the chat template did not give token ids: {type(rendered).__name__}")
     return list(ids)

@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dglsp.completion.prompt import CursorContext, Snippet
 from dglsp.config import ContextSettings
-from dglsp.prompt import CursorContext, Snippet
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
 MIN_SIMILARITY = 0.05  # below this a snippet is noise that costs prompt tokens

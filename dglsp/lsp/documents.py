@@ -9,26 +9,14 @@ UTF-8 / UTF-32 when negotiated) into a Python string offset.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
+from collections.abc import Callable
+from urllib.parse import unquote
 
 from lsprotocol import types
 from pygls.workspace import Workspace
 
+from dglsp.completion.snapshot import Snapshot
 from dglsp.errors import InvalidRequestError
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    uri: str
-    version: int
-    text: str
-    language_id: str
-
-    @property
-    def path(self) -> str:
-        parsed = urlparse(self.uri)
-        return unquote(parsed.path) if parsed.scheme == "file" else self.uri
 
 
 def snapshot(workspace: Workspace, uri: str) -> Snapshot:
@@ -38,6 +26,21 @@ def snapshot(workspace: Workspace, uri: str) -> Snapshot:
         raise InvalidRequestError(f"document {uri} is not open (send textDocument/didOpen first)")
     document = workspace.get_text_document(uri)
     return Snapshot(uri, document.version or 0, document.source, document.language_id or "")
+
+
+class WorkspaceDocuments:
+    """The completion layer's `DocumentReader` over pygls' workspace (created by pygls at `initialize`,
+    so it is read through a callable when needed)."""
+
+    def __init__(self, workspace: Callable[[], Workspace]):
+        self._workspace = workspace
+
+    def get(self, uri: str) -> Snapshot:
+        return snapshot(self._workspace(), uri)
+
+    def all(self) -> list[Snapshot]:
+        return [Snapshot(doc.uri, doc.version or 0, doc.source, doc.language_id or "")
+                for doc in list(self._workspace().text_documents.values())]
 
 
 def unit_length(char: str, encoding: str) -> int:

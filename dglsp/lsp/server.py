@@ -31,12 +31,12 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
 from dglsp import __version__
+from dglsp.completion.scheduler import Scheduler
+from dglsp.completion.service import CompletionService
 from dglsp.config import ServeSettings, Settings
-from dglsp.documents import offset_at, position_after, snapshot
 from dglsp.errors import DglspError, InvalidRequestError, ModelNotReadyError
-from dglsp.scheduler import Scheduler
-from dglsp.service import CompletionService
-from dglsp.textsync import adopt as adopt_workspace
+from dglsp.lsp.documents import WorkspaceDocuments, offset_at, position_after, snapshot
+from dglsp.lsp.textsync import adopt as adopt_workspace
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ class DglspServer(LanguageServer):
         super().__init__("dglsp", __version__, protocol_cls=DglspProtocol)
         settings = settings or Settings()
         self.serve = serve or ServeSettings(allow_remote_code=settings.engine.trust_remote_code)
-        self.service = CompletionService(settings, lambda: self.workspace, self._log_to_client, self._on_reload)
+        self.service = CompletionService(settings, WorkspaceDocuments(lambda: self.workspace), self._log_to_client,
+                                         self._on_reload)
         self._load_reported = False  # the first load's outcome has been shown; later loads report themselves
         self.client_has_inline_completion = False
 

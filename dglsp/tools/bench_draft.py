@@ -16,17 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from dglsp.completer import Completer
+from dglsp.completion.completer import Completer
+from dglsp.completion.prompt import CursorContext, PromptBuilder
 from dglsp.config import EngineSettings, SamplerSettings, Settings
-from dglsp.engine import Engine, load_bundle
-from dglsp.evaluate import Problem, load_problems, program_for, run_program
-from dglsp.prompt import CursorContext, PromptBuilder
+from dglsp.model.engine import Engine
+from dglsp.model.loading import load_engine
+from dglsp.tools.eval_humaneval import Problem, load_problems, program_for, run_program
 
 LENGTHS = (128, 256, 512)
 
@@ -120,7 +120,7 @@ def quality(completer: Completer, settings: Settings, problems: list[Problem], t
 
 
 def _autoregressive_draft(completer: Completer, settings: Settings, context: CursorContext) -> tuple[str, int]:
-    from dglsp.postprocess import postprocess
+    from dglsp.completion.postprocess import postprocess
 
     prompt = PromptBuilder(completer.tokenizer, completer.format, settings.context).build(context)
     result = completer.engine.generate_autoregressive(prompt.ids, settings.draft.max_tokens)
@@ -151,26 +151,9 @@ def render(speed_rows: list[SpeedRow], quality_rows: list[QualityRow], device: s
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dglsp bench --draft", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--draft", action="store_true", help="(selects this benchmark)")
-    parser.add_argument("--model", help="model directory or Hugging Face id (default: the embedded model)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="draft lengths in tokens")
-    parser.add_argument("--prompts", type=int, default=4, help="prompts per length for the speed table")
-    parser.add_argument("--problems", type=int, default=20, help="HumanEval bodies for the quality table (0: skip)")
-    parser.add_argument("--max-tokens", type=int, default=256, help="draft token limit for the quality table")
-    parser.add_argument("--steps", type=int, help="maximum denoising steps per canvas")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per executed program")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    return parser
-
-
-def main_draft_bench(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    bundle = load_bundle(EngineSettings(model=args.model, device=args.device, threads=args.threads))
+def run(args: argparse.Namespace) -> int:
+    """`dglsp bench --draft` (options: `dglsp.tools.options.add_bench_arguments`)."""
+    bundle, engine = load_engine(EngineSettings(model=args.model, device=args.device, threads=args.threads))
     options: dict = {"sampler": {"seed": args.seed}, "draft": {"max_tokens": args.max_tokens}}
     if args.steps:
         options["sampler"]["max_steps"] = args.steps
@@ -179,7 +162,7 @@ def main_draft_bench(argv: list[str] | None = None) -> int:
         raise SystemExit("; ".join(warnings))
     canvas_length = int(bundle.model.config.canvas_length)
     settings = replace(settings, sampler=replace(settings.sampler, canvas_length=canvas_length))
-    completer = Completer(bundle, Engine(bundle))
+    completer = Completer(bundle, engine)
     # Speed is measured at fixed lengths: an engine that does not stop at EOS (like vLLM's ignore_eos).
     forced = Engine(bundle)
     forced.eos_ids = set()
@@ -198,6 +181,3 @@ def main_draft_bench(argv: list[str] | None = None) -> int:
         print(render(speed_rows, quality_rows, device))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main_draft_bench())

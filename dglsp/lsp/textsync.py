@@ -16,8 +16,8 @@ from typing import Any
 from lsprotocol import types
 from pygls.workspace import TextDocument, Workspace
 
-from dglsp.documents import offset_at
 from dglsp.errors import InvalidRequestError
+from dglsp.lsp.documents import offset_at
 
 
 def clamped_offset(text: str, position: types.Position, encoding: str) -> int:

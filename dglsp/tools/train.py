@@ -42,12 +42,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrainedTokenizerBase
 
-from dglsp import corpus, modelzoo
+from dglsp.completion.prompt import CursorContext, PromptFormat, encode_fim, trim_to_tokens
 from dglsp.config import SamplerSettings
-from dglsp.engine import cpu_has_bf16_matmuls
-from dglsp.prompt import CursorContext, PromptFormat, encode_fim, trim_to_tokens
+from dglsp.model.loading import EMBEDDED_MODEL_DIR, cpu_has_bf16_matmuls
+from dglsp.tools import corpus, modelzoo, options
+from dglsp.tools.options import TrainConfig
 
-DEFAULT_WORK_DIR = Path(os.environ.get("DGLSP_TRAIN_DIR", Path.home() / "dglsp-train"))
 # What an editor asks for, most often first: the line after the indent an editor just inserted (cursor after
 # the indent, the suffix opens with the newline), a whole line from its start, the rest of a line, a block,
 # a random span. The first two are whole single lines: more than half of all middles.
@@ -56,49 +56,6 @@ MIDDLE_KIND_WEIGHTS = (0.35, 0.2, 0.2, 0.15, 0.1)
 Log = Callable[[str], None]
 HELD_OUT_EVERY = 97  # one file in ~100 (by a stable hash of its path) is held out
 PAUSE_FILE = "PAUSE"  # while this file exists in the work dir, training sleeps (after a checkpoint)
-
-
-@dataclass
-class TrainConfig:
-    preset: str = "small"
-    vocab_size: int = 4096
-    batch_size: int = 8
-    canvases_per_prompt: int = 4
-    max_prefix_tokens: int = 384
-    max_suffix_tokens: int = 192
-    lr: float = 1e-3
-    warmup_steps: int = 60
-    # Warmup-stable-decay: the last `cooldown_steps` of `max_steps` decay the rate linearly to
-    # `lr * min_lr_ratio`. The stable phase has no known end (runs resume session after session),
-    # so the decay is a branch: its start is saved as checkpoint-stable.pt for later runs to go on from.
-    cooldown_steps: int = 0
-    min_lr_ratio: float = 0.1
-    # The exported model's serving default (dglsp.json sampler.max_steps), from `dglsp eval --max-steps` sweeps:
-    # on the 6200-step model, 8 steps passed as many single-line problems as 24 at a third of the passes.
-    serve_steps: int = 8
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    t_eps: float = 1e-3
-    pad_weight: float = 0.1
-    ar_weight: float = 1.0
-    self_conditioning_prob: float = 0.5
-    seed: int = 0
-    max_steps: int = 0  # 0 = until --minutes runs out
-    minutes: float = 0.0  # 0 = until --max-steps
-    eval_every: int = 100
-    eval_examples: int = 48
-    checkpoint_minutes: float = 5.0
-    export_minutes: float = 10.0
-    device: str = "cpu"
-    # Mixed precision: "auto" = bf16 autocast where the hardware has bf16 matmuls (CUDA; CPUs with AVX512-BF16
-    # or AMX), fp32 elsewhere. Weights and optimizer state stay fp32. On this 2-core Zen 4 the long run went
-    # from ~2,100 to ~2,300 tokens/s: at this size the step is mostly not matmuls; on a GPU it is the norm.
-    precision: str = "auto"
-    threads: int = 0
-    max_package_bytes: int = 6_000_000
-    # With no checkpoint in the work dir, a run goes on from this shipped model directory (weights, tokenizer,
-    # step and counters from its dglsp.json) instead of random weights; "" starts from scratch.
-    resume_from: str = str(modelzoo.EMBEDDED_MODEL_DIR)
 
 
 @dataclass
@@ -381,8 +338,10 @@ def prepare(work_dir: Path, cfg: TrainConfig, log: Log) -> tuple[list[corpus.Sou
 
 def shipped_model(cfg: TrainConfig) -> Path | None:
     """The model directory a run with no checkpoint goes on from, if there is one."""
-    directory = Path(cfg.resume_from).expanduser() if cfg.resume_from else None
-    if directory is None or not all((directory / name).is_file() for name in ("dglsp.json", "tokenizer.json")):
+    if not cfg.resume_from:
+        return None
+    directory = EMBEDDED_MODEL_DIR if cfg.resume_from == options.EMBEDDED else Path(cfg.resume_from).expanduser()
+    if not all((directory / name).is_file() for name in ("dglsp.json", "tokenizer.json")):
         return None
     return directory
 
@@ -860,69 +819,12 @@ def _progress_bar(cfg: TrainConfig, state: TrainState, enabled: bool):
 # Command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig()
-    parser = argparse.ArgumentParser(
-        prog="dglsp train",
-        description="Train the embedded DiffusionGemma from the permissively licensed Python on this machine. "
-                    "Re-running the same command resumes from the checkpoint in --work-dir.",
-    )
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
-                        help="corpus cache, tokenizer, checkpoint and log (default: %(default)s)")
-    parser.add_argument("--export-dir", type=Path, default=None,
-                        help="where the latest model directory is written (default: WORK_DIR/export)")
-    parser.add_argument("--ship-to", type=Path, default=None,
-                        help="copy each export whose held-out loss improved here (e.g. dglsp/embedded)")
-    parser.add_argument("--resume-from", default=defaults.resume_from,
-                        help="with no checkpoint in --work-dir, go on from this shipped model directory: its weights, "
-                             "tokenizer and counters (default: the embedded model; '' = from scratch)")
-    parser.add_argument("--preset", choices=sorted(modelzoo.PRESETS), default=defaults.preset, help="model size")
-    parser.add_argument("--device", default=defaults.device, help="cpu or cuda (default: %(default)s)")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=defaults.precision,
-                        help="compute precision (auto: bf16 autocast where the hardware is fast at it)")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads (0 = default)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="stop at this total step count")
-    parser.add_argument("--minutes", type=float, default=defaults.minutes, help="stop after this many minutes")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--canvases-per-prompt", type=int, default=defaults.canvases_per_prompt)
-    parser.add_argument("--lr", type=float, default=defaults.lr,
-                        help="peak learning rate (after warmup, until any decay)")
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    parser.add_argument("--cooldown-steps", type=int, default=defaults.cooldown_steps,
-                        help="decay the rate linearly over the last N of --max-steps (saves the stable phase "
-                             "as checkpoint-stable.pt, which a later, longer run goes on from)")
-    parser.add_argument("--min-lr-ratio", type=float, default=defaults.min_lr_ratio,
-                        help="the decay's end as a fraction of --lr")
-    parser.add_argument("--pad-weight", type=float, default=defaults.pad_weight,
-                        help="canvas loss weight of padding positions (middle and EOS weigh 1)")
-    parser.add_argument("--max-prefix-tokens", type=int, default=defaults.max_prefix_tokens)
-    parser.add_argument("--max-suffix-tokens", type=int, default=defaults.max_suffix_tokens)
-    parser.add_argument("--serve-steps", type=int, default=defaults.serve_steps,
-                        help="denoising steps the exported model serves with by default (dglsp.json)")
-    parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
-    parser.add_argument("--eval-every", type=int, default=defaults.eval_every, help="steps between held-out losses")
-    parser.add_argument("--checkpoint-minutes", type=float, default=defaults.checkpoint_minutes)
-    parser.add_argument("--export-minutes", type=float, default=defaults.export_minutes)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
-    return parser
-
-
-def main_train(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = TrainConfig(
-        preset=args.preset, vocab_size=args.vocab_size, batch_size=args.batch_size,
-        canvases_per_prompt=args.canvases_per_prompt, max_prefix_tokens=args.max_prefix_tokens,
-        max_suffix_tokens=args.max_suffix_tokens, lr=args.lr, warmup_steps=args.warmup_steps,
-        cooldown_steps=args.cooldown_steps, min_lr_ratio=args.min_lr_ratio, serve_steps=args.serve_steps,
-        pad_weight=args.pad_weight, seed=args.seed,
-        max_steps=args.max_steps, minutes=args.minutes, eval_every=args.eval_every,
-        checkpoint_minutes=args.checkpoint_minutes, export_minutes=args.export_minutes, device=args.device,
-        threads=args.threads, precision=args.precision, resume_from=args.resume_from,
-    )
+def run(args: argparse.Namespace) -> int:
+    """`dglsp train` (options: `dglsp.tools.options.add_train_arguments`)."""
+    cfg = options.train_config(args)
     work_dir = args.work_dir.expanduser()
     export_dir = (args.export_dir or work_dir / "export").expanduser()
-    command = "dglsp train " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "dglsp " + " ".join(sys.argv[1:])
     log_file = work_dir / "train.log"
     work_dir.mkdir(parents=True, exist_ok=True)
 
@@ -936,6 +838,3 @@ def main_train(argv: list[str] | None = None) -> int:
     log(f"done: step {state.step}, {state.tokens_seen:,} tokens seen, export in {export_dir}")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main_train())

@@ -34,9 +34,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dglsp.config import PostprocessSettings
-from dglsp.prompt import CursorContext
-from dglsp.syntax import (
+from dglsp.completion.prompt import CursorContext
+from dglsp.completion.syntax import (
     CLOSERS,
     BracketBalance,
     LanguageSpec,
@@ -47,6 +46,7 @@ from dglsp.syntax import (
     language_spec,
     opens_block,
 )
+from dglsp.config import PostprocessSettings
 
 FILTERS = ("scope", "block_end", "closers", "repeat", "syntax", "indent", "brackets")
 # Characters an editor typically inserts by itself after the cursor (auto-pairs) or that end a line.

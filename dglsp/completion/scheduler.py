@@ -153,9 +153,15 @@ class Scheduler:
         #: milliseconds from a stop request to the worker giving the device back, last few jobs
         self.cancel_to_idle_ms: list[float] = []
 
-    def run_on_worker(self, fn: Callable[[], Any]) -> asyncio.Future:
-        """Run `fn` on the device thread (model loading uses this so the model lives there)."""
-        return asyncio.wrap_future(self._executor.submit(fn))
+    def run_on_worker(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` on the device thread (model loading uses this so the model lives there); callable
+        before the event loop runs, so it returns a `concurrent.futures.Future`."""
+        return self._executor.submit(fn)
+
+    @property
+    def worker_thread(self) -> threading.Thread | None:
+        """The device worker's thread (None before its first job)."""
+        return getattr(self._executor, "thread", None)
 
     async def submit(self, key: str, version: int, work: Callable[[Job], Any], background: bool = False) -> Any:
         """Run `work(job)` on the device worker after the debounce, latest-wins per `key`.

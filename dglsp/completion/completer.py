@@ -12,21 +12,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import torch
-
-from dglsp.backend import Backend
-from dglsp.config import Settings
-from dglsp.engine import Generation, GenerationStats, ModelBundle
-from dglsp.errors import DeviceOutOfMemoryError
-from dglsp.postprocess import postprocess, postprocess_edit
-from dglsp.prompt import CursorContext, PrefixAnchors, PromptBuilder, PromptFormat, cursor_windows
+from dglsp.completion.postprocess import postprocess, postprocess_edit
+from dglsp.completion.prompt import CursorContext, PrefixAnchors, PromptBuilder, PromptFormat, cursor_windows
+from dglsp.config import ContextSettings, Settings
+from dglsp.model.backend import Backend, GenerationStats
+from dglsp.model.loading import ModelBundle
 
 log = logging.getLogger(__name__)
 
 PreviewFn = Callable[[str], None]
 # Post-processing filters a draft goes without (its final text still never over-closes: `brackets`).
 DRAFT_SKIP = frozenset({"scope", "syntax", "closers"})
-MIN_OOM_CANVAS = 4  # out-of-memory retries halve the canvas down to this many tokens, then give up
 StepPreviewFn = Callable[[int, str], None]  # (denoising step, the suggestion as the canvas reads now)
 
 
@@ -52,6 +48,11 @@ class Completer:
         self.tokenizer = bundle.tokenizer
         self.format = PromptFormat.for_model(bundle.meta, bundle.tokenizer)
         self.special_ids = set(self.tokenizer.all_special_ids)
+        self.thought_ids = thought_channel_ids(self.tokenizer)
+        mismatch = engine.prompt_mismatch(PromptBuilder(self.tokenizer, self.format, ContextSettings()).build(
+            CursorContext("def f(x):\n    ", "\n", "a.py")).ids)
+        if mismatch:
+            log.warning("%s (%s)", mismatch, bundle.path)
         self.anchors = PrefixAnchors(self.tokenizer)
 
     def context_at(
@@ -95,8 +96,8 @@ class Completer:
             on_canvas = self._draft_watcher(prompt.context, post_settings, on_commit)
         elif on_step is not None:
             on_canvas = self._step_watcher(prompt.context, post_settings, on_step)
-        generation = self._generate_within_memory(prompt.ids, sampler, should_stop, on_canvas=on_canvas,
-                                                  deadline=deadline, cache_key=cache_key)
+        generation = self.engine.generate(prompt.ids, sampler, should_stop, on_canvas=on_canvas,
+                                          deadline=deadline, cache_key=cache_key)
         post_start = time.perf_counter()
         raw = self.decode(generation.token_ids)
         # A draft cut by its deadline is cut again at a line boundary: insert-only, so the cut keeps it valid.
@@ -111,25 +112,6 @@ class Completer:
         end = time.perf_counter()
         return Suggestion(text, raw, generation.stats, prompt_ms, (end - post_start) * 1000, (end - begin) * 1000,
                           replace_chars, prompt.context)
-
-    def _generate_within_memory(self, prompt_ids: list[int], sampler, should_stop, **kwargs) -> Generation:
-        """`engine.generate`, retried with half the canvas when the device runs out of memory; a last
-        failure becomes `DeviceOutOfMemoryError` (a user-facing error), never a dead worker."""
-        while True:
-            try:
-                return self.engine.generate(prompt_ids, sampler, should_stop, **kwargs)
-            except torch.OutOfMemoryError as exc:
-                release_device_memory()
-                if kwargs.get("cache_key"):  # the failed pass may have left a half-written entry
-                    self.engine.prefix_cache.drop(kwargs["cache_key"])
-                smaller = sampler.canvas_length // 2
-                if smaller < MIN_OOM_CANVAS:
-                    raise DeviceOutOfMemoryError(
-                        f"the device ran out of memory even with a {sampler.canvas_length}-token canvas; lower "
-                        "context.max_prefix_tokens or sampler.canvas_length, or run on the CPU (--device cpu)"
-                    ) from exc
-                log.warning("out of memory at canvas_length %d; retrying with %d", sampler.canvas_length, smaller)
-                sampler = replace(sampler, canvas_length=smaller)
 
     def _step_watcher(self, context: CursorContext, post_settings, on_step: StepPreviewFn):
         def on_canvas(step: int, token_ids: list[int], committed: bool) -> bool:
@@ -158,9 +140,40 @@ class Completer:
         return on_canvas
 
     def decode(self, token_ids: list[int]) -> str:
-        """Text of the generated ids, cut at the first special token (a FIM marker means the middle ended)."""
+        """Text of the generated ids without thought channels, cut at the first special token (a FIM marker
+        means the middle ended)."""
+        token_ids = drop_thoughts(token_ids, self.thought_ids)
         cut = next((i for i, t in enumerate(token_ids) if t in self.special_ids), len(token_ids))
         return self.tokenizer.decode(token_ids[:cut], skip_special_tokens=True)
+
+
+# A chat model may reason before it answers, inside `<|channel>thought ... <channel|>` (Gemma 4).
+THOUGHT_CHANNEL = ("<|channel>", "<channel|>")
+
+
+def thought_channel_ids(tokenizer) -> tuple[int, int] | None:
+    vocabulary = tokenizer.get_vocab()
+    if all(token in vocabulary for token in THOUGHT_CHANNEL):
+        return vocabulary[THOUGHT_CHANNEL[0]], vocabulary[THOUGHT_CHANNEL[1]]
+    return None
+
+
+def drop_thoughts(token_ids: list[int], channel: tuple[int, int] | None) -> list[int]:
+    """`token_ids` without thought channels: each open marker up to and including its close, or to the end
+    when the channel is still open (the answer has not begun)."""
+    if channel is None or channel[0] not in token_ids:
+        return token_ids
+    opened, closed = channel
+    kept: list[int] = []
+    inside = False
+    for token in token_ids:
+        if token == opened:
+            inside = True
+        elif token == closed and inside:
+            inside = False
+        elif not inside:
+            kept.append(token)
+    return kept
 
 
 def cut_at_line_boundary(text: str) -> str | None:
@@ -169,12 +182,6 @@ def cut_at_line_boundary(text: str) -> str | None:
         return text
     kept = text[: text.rstrip("\n").rfind("\n")].rstrip()
     return kept if kept.strip() else None
-
-
-def release_device_memory() -> None:
-    """Hand cached CUDA blocks back after an out-of-memory error so the retry starts from a clean slate."""
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def encodable(text: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     DiffusionGemmaConfig,
     DiffusionGemmaForBlockDiffusion,
@@ -41,7 +41,6 @@ SPECIAL_TOKENS = {
     "middle": "<|middle|>",
 }
 
-EMBEDDED_MODEL_DIR = Path(__file__).parent / "embedded"
 
 
 @dataclass(frozen=True)
@@ -175,4 +174,95 @@ def save_model_dir(
     tokenizer.save_pretrained(out_dir)
     meta = {"prompt_format": fim_format_spec(), "sampler": asdict(sampler), **(extra or {})}
     (out_dir / "dglsp.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+# -- a model saved the way google/diffusiongemma-26B-A4B-it is --------------------------------------------
+
+HUB_CONFIG = Path(__file__).parent / "data" / "diffusiongemma-26B-A4B.json"
+# Gemma 4's special tokens at the released tokenizer's ids.
+GEMMA4_SPECIAL_IDS = {
+    "<pad>": 0, "<eos>": 1, "<bos>": 2, "<mask>": 4, "<|tool_response>": 50, "<|think|>": 98, "<|channel>": 100,
+    "<channel|>": 101, "<|turn>": 105, "<turn|>": 106,
+}
+GEMMA4_EOS_IDS = [1, 106, 50]  # generation_config.json's eos_token_id
+FIRST_TEXT_ID = 300  # ids below this (but the specials) are unused, as in the released vocabulary's head
+# Gemma 4's chat template: `<bos>[<|turn>system\n...<turn|>\n]<|turn>user\n...<turn|>\n<|turn>model\n`;
+# `enable_thinking` puts `<|think|>` in the system turn, and the model then reasons in `<|channel>thought ...`.
+GEMMA4_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- set system = messages[0]['content'] if messages and messages[0]['role'] == 'system' else none -%}"
+    "{%- if system is not none or enable_thinking -%}"
+    "{{ '<|turn>system\\n' }}{% if enable_thinking %}{{ '<|think|>' }}{% endif %}{{ (system or '') + '<turn|>\\n' }}"
+    "{%- endif -%}"
+    "{%- for message in messages if message['role'] != 'system' -%}"
+    "{{ '<|turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"
+    "{{ message['content'] + '<turn|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|turn>model\\n' }}{%- endif -%}"
+)
+
+
+def hub_config(config_file: Path = HUB_CONFIG, scaled: bool = False) -> DiffusionGemmaConfig:
+    """The DiffusionGemma config of a published checkpoint's shapes (a config.json, or our data file with its
+    `scaled` widths applied when `scaled`)."""
+    spec = json.loads(Path(config_file).read_text())
+    text = dict(spec["text_config"])
+    if scaled:
+        text.update(spec.get("scaled", {}))
+    layers = text["num_hidden_layers"]
+    text.setdefault("layer_types", ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(layers)])
+    text["layer_types"][-1] = "full_attention"
+    vision = Gemma4VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1,
+                                num_key_value_heads=1, head_dim=16)
+    return DiffusionGemmaConfig(text_config=DiffusionGemmaTextConfig(**text), vision_config=vision,
+                                canvas_length=spec.get("canvas_length", 256))
+
+
+def gemma4_like_tokenizer(texts: Iterable[str], vocab_size: int = 262_144,
+                          merges_vocab: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts`, remapped so Gemma 4's special tokens sit at their real ids and padded
+    with unused entries to the real vocabulary size; it carries Gemma 4's chat template."""
+    trained = Tokenizer(models.BPE())
+    trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trained.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=merges_vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    model = json.loads(trained.to_str())["model"]
+    vocab = {token: token_id for token, token_id in GEMMA4_SPECIAL_IDS.items()}
+    for token, token_id in sorted(model["vocab"].items(), key=lambda item: item[1]):
+        vocab[token] = FIRST_TEXT_ID + token_id
+    taken = set(vocab.values())
+    vocab.update({f"<unused{i}>": i for i in range(vocab_size) if i not in taken})
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    # Like Gemma's tokenizer, text encoded with special tokens starts with <bos> (a server tokenizing a text
+    # prompt adds it itself).
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", GEMMA4_SPECIAL_IDS["<bos>"])])
+    names = {"<pad>": "pad_token", "<eos>": "eos_token", "<bos>": "bos_token", "<mask>": "mask_token"}
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, clean_up_tokenization_spaces=False,
+        **{name: token for token, name in names.items()},
+        additional_special_tokens=[token for token in GEMMA4_SPECIAL_IDS if token not in names],
+    )
+    wrapped.chat_template = GEMMA4_CHAT_TEMPLATE
+    return wrapped
+
+
+def save_hub_like_model(out_dir: Path, texts: Iterable[str], config_file: Path = HUB_CONFIG, scaled: bool = True,
+                        seed: int = 0) -> Path:
+    """A model directory laid out like the hub repository: config.json, bf16 model.safetensors,
+    generation_config.json (EOS ids [1, 106, 50], 48 steps), tokenizer.json + tokenizer_config.json and
+    chat_template.jinja; no dglsp.json. Random weights: for the paths, not for the text."""
+    torch.manual_seed(seed)
+    tokenizer = gemma4_like_tokenizer(texts)
+    model = DiffusionGemmaForBlockDiffusion(hub_config(config_file, scaled=scaled)).eval()
+    generation = generation_config_for(SamplerSettings(canvas_length=256, max_steps=48), tokenizer)
+    generation.eos_token_id = list(GEMMA4_EOS_IDS)
+    model.generation_config = generation
+    out_dir = Path(out_dir)
+    model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
     return out_dir

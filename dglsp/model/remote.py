@@ -3,8 +3,9 @@
 Contract (the same as `Engine.generate`, see `backend.py`): token ids in, a `Generation` out. The
 prompt ids come from the same `PromptBuilder` as the local engine; they are rendered back to text
 (special tokens as text) and sent as a raw `prompt` to `/v1/completions` with `stream: true`,
-`max_tokens` and `stop` only. vLLM's DiffusionGemma path answers HTTP 400 to `suffix`,
-`temperature` != 1.0, `seed`, `min_p`, `logit_bias` and structured outputs: none is ever sent.
+`max_tokens` and `stop` only (and, for chat models, `skip_special_tokens: false`, so a thought
+channel's markers reach the completer, which drops the thoughts). vLLM's DiffusionGemma path answers
+HTTP 400 to `suffix`, `temperature` != 1.0, `seed`, `min_p`, `logit_bias` and structured outputs: none is ever sent.
 The server streams one committed canvas per chunk; post-processing and stop rules stay on our side.
 
 * Cancellation: `should_stop` is polled every few milliseconds; a stopped stream is closed (the
@@ -31,17 +32,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from dglsp.config import RemoteSettings, SamplerSettings, Settings
-from dglsp.engine import CanvasCallback, Generation, GenerationStats, ModelBundle
+from dglsp.config import DEFAULT_MAX_STEPS, RemoteSettings, SamplerSettings, Settings
 from dglsp.errors import ModelLoadError, ModelNotReadyError
-from dglsp.kvcache import PrefixCacheStats
-from dglsp.modelzoo import EMBEDDED_MODEL_DIR
+from dglsp.model.backend import CanvasCallback, Generation, GenerationStats
+from dglsp.model.kvcache import PrefixCacheStats
+from dglsp.model.loading import ModelBundle, ProgressFn, load_tokenizer, read_meta, resolve_model_dir
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown our own log
@@ -370,6 +370,7 @@ class RemoteBackend:
         self.device = f"remote {self.client.base}"
         self.prefix_cache = NoPrefixCache()
         self.stops = STOP_STRINGS + (CHAT_STOP_STRINGS if chat else [])
+        self.chat = chat
         self.served_model: str | None = settings.model
         self.context_length: int | None = None
         self._canvas_length = canvas_length
@@ -386,6 +387,16 @@ class RemoteBackend:
     @property
     def default_canvas_length(self) -> int:
         return self._canvas_length
+
+    @property
+    def default_steps(self) -> int:
+        return DEFAULT_MAX_STEPS  # the server keeps its own schedule; vLLM refuses a step count per request
+
+    def prompt_mismatch(self, prompt_ids: list[int]) -> str | None:
+        """Why the server would see other tokens than `prompt_ids` once they are rendered as text, or None."""
+        if prompt_round_trips(self.tokenizer, prompt_ids):
+            return None
+        return "prompts rendered as text do not tokenize back to the same ids: the server would see other tokens"
 
     # -- state reported to the user ---------------------------------------------------------------
     def take_notices(self) -> list[tuple[str, str]]:
@@ -503,6 +514,8 @@ class RemoteBackend:
                          "stream": True, "stop": self.stops}
         if self.served_model is not None:
             payload["model"] = self.served_model
+        if self.chat:  # keep a thought channel's markers in the text, so the completer can drop the thoughts
+            payload["skip_special_tokens"] = False
         headers = {**request_headers(self.settings, cache_key), "Accept": "text/event-stream"}
         return self.client.open(payload, headers)
 
@@ -556,48 +569,22 @@ class RemoteBackend:
 
 # -- loading ----------------------------------------------------------------------------------------
 
-def tokenizer_dir(model: str | None) -> Path:
-    """Where the prompt's tokenizer comes from: a local directory, the embedded model, or the HF cache."""
-    if model is None:
-        return EMBEDDED_MODEL_DIR
-    if Path(model).expanduser().is_dir():
-        return Path(model).expanduser()
-    from huggingface_hub import snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    try:  # tokenizer and chat template only: the weights live on the server
-        return Path(snapshot_download(model, allow_patterns=["*.json", "*.model", "*.txt", "*.jinja"],
-                                      local_files_only=offline))
-    except Exception as exc:
-        raise ModelLoadError(f"cannot find the tokenizer for {model!r} (needed to build prompts for the remote "
-                             f"server): {exc}; pass --model with a local directory holding tokenizer.json") from exc
-
-
 def load_remote(
-    settings: Settings, progress: Callable[[str, int], None] | None = None, strict: bool = False
+    settings: Settings, progress: ProgressFn | None = None, strict: bool = False
 ) -> tuple[ModelBundle, RemoteBackend]:
     """The tokenizer (local) and a backend for `settings.remote`. The server check runs here; a failure
     is raised when `strict` (the command line), else queued as a notice so the language server keeps
     serving (empty completions) and tries again on later requests."""
-    from dglsp.prompt import CursorContext, PromptBuilder, PromptFormat
-
     report = progress or (lambda message, percent: None)
     if not settings.remote.url:
         raise ModelLoadError("the remote backend needs a server URL: --url http://host:8000 (or remote.url)")
-    path = tokenizer_dir(settings.engine.model)
+    # The tokenizer and its chat template only: the weights live on the server.
+    path = resolve_model_dir(settings.engine.model, weights=False, progress=report)
     report(f"loading tokenizer from {path}", 20)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.engine.trust_remote_code)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from exc
-    meta_file = path / "dglsp.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    fmt = PromptFormat.for_model(meta, tokenizer)
-    backend = RemoteBackend(settings.remote, tokenizer, chat=fmt.kind == "chat",
+    tokenizer = load_tokenizer(path, settings.engine.trust_remote_code)
+    meta = read_meta(path)
+    backend = RemoteBackend(settings.remote, tokenizer, chat="prompt_format" not in meta,
                             canvas_length=settings.sampler.canvas_length)
-    sample = PromptBuilder(tokenizer, fmt, settings.context).build(CursorContext("def f(x):\n    ", "\n", "a.py"))
-    if not prompt_round_trips(tokenizer, sample.ids):  # the server would see other tokens than we built
-        log.warning("remote: prompts rendered as text do not tokenize back to the same ids with %s", path)
     report(f"checking the completion server at {backend.client.base}", 60)
     try:
         report(f"remote: {backend.check()}", 90)
@@ -606,5 +593,4 @@ def load_remote(
             backend.close()
             raise
         log.warning("remote backend not ready at start-up: %s", exc)
-    bundle = ModelBundle(None, tokenizer, meta, path, backend.device)  # type: ignore[arg-type]
-    return bundle, backend
+    return ModelBundle(None, tokenizer, meta, path, backend.device), backend

@@ -10,189 +10,27 @@ block-autoregressively: encode the prompt into the KV cache, denoise a canvas wi
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 
 import torch
-from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrainedTokenizerBase
+from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrainedTokenizerBase
 
-from dglsp.config import DEFAULT_MAX_STEPS, EngineSettings, LatencySettings, SamplerSettings
-from dglsp.errors import ModelLoadError
-from dglsp.kvcache import PrefixCache
-from dglsp.modelcheck import check_model_dir
-from dglsp.modelzoo import EMBEDDED_MODEL_DIR
-from dglsp.sampler import denoise_canvas
+from dglsp.config import DEFAULT_MAX_STEPS, LatencySettings, SamplerSettings
+from dglsp.errors import DeviceOutOfMemoryError
+from dglsp.model.backend import CanvasCallback, Generation, GenerationStats
+from dglsp.model.kvcache import PrefixCache
+from dglsp.model.loading import ModelBundle
+from dglsp.model.sampler import denoise_canvas
 
 log = logging.getLogger(__name__)
-
-ProgressFn = Callable[[str, int], None]  # (message, percent)
-# (step, token ids so far, committed) -> True to end the generation after a committed canvas
-CanvasCallback = Callable[[int, list[int], bool], bool | None]
-
-
-@dataclass
-class GenerationStats:
-    prefill_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens reused from the document's prefix KV cache (not encoded)
-    prefill_ms: float = 0.0
-    canvases: int = 0
-    steps: int = 0  # decoder forward passes over canvases
-    encoder_passes: int = 0
-    decode_ms: float = 0.0
-    total_ms: float = 0.0
-    generated_tokens: int = 0
-    stopped: bool = False
-    hit_deadline: bool = False
-
-    @property
-    def forward_passes(self) -> int:
-        return self.steps + self.encoder_passes
-
-    @property
-    def ms_per_step(self) -> float:
-        return self.decode_ms / self.steps if self.steps else 0.0
-
-    @property
-    def tokens_per_forward(self) -> float:
-        """Generated tokens per forward pass of any kind (prefill and committed canvases included)."""
-        return self.generated_tokens / self.forward_passes if self.forward_passes else 0.0
-
-    def summary(self) -> str:
-        return (
-            f"prefill {self.prefill_tokens} tok{f' ({self.cached_tokens} cached)' if self.cached_tokens else ''} "
-            f"{self.prefill_ms:.0f} ms, {self.steps} steps "
-            f"({self.ms_per_step:.1f} ms/step, {self.tokens_per_forward:.2f} tok/forward), "
-            f"{f'{self.canvases} canvases, ' if self.canvases > 1 else ''}"
-            f"total {self.total_ms:.0f} ms{' [stopped]' if self.stopped else ''}"
-            f"{' [deadline]' if self.hit_deadline else ''}"
-        )
-
-
-@dataclass
-class Generation:
-    token_ids: list[int]  # generated ids, EOS and what follows it removed
-    finished: bool  # the model ended the block with EOS
-    stats: GenerationStats = field(default_factory=GenerationStats)
-
-
-@dataclass
-class ModelBundle:
-    """What a model directory holds besides the weights: the tokenizer and dglsp metadata."""
-
-    model: DiffusionGemmaForBlockDiffusion
-    tokenizer: PreTrainedTokenizerBase
-    meta: dict  # dglsp.json (prompt format, sampler defaults); {} for models we did not train
-    path: Path
-    device: torch.device
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested != "auto":
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise ModelLoadError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
-        if requested == "mps" and not torch.backends.mps.is_available():
-            raise ModelLoadError("device 'mps' requested but MPS is not available; use --device cpu")
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def cpu_has_bf16_matmuls() -> bool:
-    """AVX512-BF16 or AMX (oneDNN's check): elsewhere bf16 is emulated on the CPU and slower than fp32."""
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device.type == "cuda":
-        return torch.bfloat16
-    # On such CPUs: 40% faster prefill and 20% faster denoising steps than fp32 for the embedded model,
-    # with 99% top-1 agreement.
-    if device.type == "cpu" and cpu_has_bf16_matmuls():
-        return torch.bfloat16
-    return torch.float32
-
-
-REQUIRED_FILES = ("config.json", "tokenizer.json")
-
-
-def resolve_model_dir(model: str | None) -> Path:
-    """A local directory as it is; a Hugging Face id through the local cache (no download when offline)."""
-    if model is None:
-        path = EMBEDDED_MODEL_DIR
-    elif Path(model).expanduser().is_dir():
-        path = Path(model).expanduser()
-    elif os.sep in model and not model.count("/") == 1:
-        raise ModelLoadError(f"model directory {model!r} does not exist")
-    else:
-        path = _hub_snapshot(model)
-    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
-    if not any(path.glob("*.safetensors")):
-        missing.append("*.safetensors (weights; .bin/.pt files are refused)")
-    if missing:
-        raise ModelLoadError(
-            f"model directory {path} is missing {', '.join(missing)}; point --model at a complete "
-            "DiffusionGemma directory (config.json, model.safetensors, tokenizer.json)"
-        )
-    return path
-
-
-def _hub_snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt"]
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
-    except LocalEntryNotFoundError as exc:
-        raise ModelLoadError(
-            f"model {repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached; "
-            f"download it on a connected machine (`hf download {repo_id}`) or pass a local directory"
-        ) from exc
-    except HFValidationError as exc:
-        raise ModelLoadError(f"{repo_id!r} is neither a local directory nor a valid Hugging Face id") from exc
-    except Exception as exc:  # network errors come in many types; the message matters, not the type
-        raise ModelLoadError(f"could not fetch model {repo_id!r}: {exc}") from exc
-
-
-def load_bundle(settings: EngineSettings, progress: ProgressFn | None = None) -> ModelBundle:
-    """Load tokenizer and weights (safetensors only) onto the chosen device."""
-    report = progress or (lambda message, percent: None)
-    report("resolving model", 5)
-    path = resolve_model_dir(settings.model)
-    check_model_dir(path)  # wrong architecture, truncated or integer weights: say so before loading
-    device = pick_device(settings.device)
-    dtype = pick_dtype(settings.dtype, device)
-    if settings.threads and device.type == "cpu":
-        torch.set_num_threads(settings.threads)
-    report(f"loading tokenizer from {path}", 15)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from exc
-    report(f"loading weights ({dtype}) onto {device}", 35)
-    try:
-        model = DiffusionGemmaForBlockDiffusion.from_pretrained(
-            path, dtype=dtype, use_safetensors=True, trust_remote_code=settings.trust_remote_code,
-        )
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load DiffusionGemma weights from {path}: {exc}") from exc
-    model = model.to(device).eval()
-    meta_file = path / "dglsp.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    report("model loaded", 80)
-    return ModelBundle(model, tokenizer, meta, path, device)
+MIN_OOM_CANVAS = 4  # out-of-memory retries halve the canvas down to this many tokens, then give up
+# End-of-turn tokens of chat templates: a chat model's reply ends there even where its generation config
+# lists only EOS (Gemma 4's `<turn|>` is id 106 in the 26B).
+END_OF_TURN_TOKENS = ("<turn|>", "<end_of_turn>", "<|im_end|>", "<|eot_id|>")
 
 
 class Engine:
@@ -223,8 +61,11 @@ class Engine:
 
     @property
     def default_steps(self) -> int:
-        """The model's recommended denoising steps (its dglsp.json), for `sampler.max_steps` 0."""
-        return int(self.bundle.meta.get("sampler", {}).get("max_steps") or DEFAULT_MAX_STEPS)
+        """The model's own denoising steps, for `sampler.max_steps` 0: its dglsp.json (our models), else its
+        generation config (48 for the 26B), else DEFAULT_MAX_STEPS."""
+        ours = self.bundle.meta.get("sampler", {}).get("max_steps")
+        theirs = getattr(self.model.generation_config, "max_denoising_steps", None)
+        return int(ours or theirs or DEFAULT_MAX_STEPS)
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.model.config.get_text_config(decoder=True))
@@ -256,7 +97,37 @@ class Engine:
         if not sampler.max_steps:
             sampler = replace(sampler, max_steps=self.default_steps)
         with self._lock:
-            return self._generate(prompt_ids, sampler, should_stop, on_canvas, deadline, cache_key)
+            while True:  # out of device memory: retry with half the canvas, down to MIN_OOM_CANVAS
+                try:
+                    return self._generate(prompt_ids, sampler, should_stop, on_canvas, deadline, cache_key)
+                except torch.OutOfMemoryError as exc:
+                    sampler = self._smaller_after_oom(sampler, cache_key, exc)
+
+    def _smaller_after_oom(self, sampler: SamplerSettings, cache_key: str | None,
+                           exc: torch.OutOfMemoryError) -> SamplerSettings:
+        """The settings to retry with after an out-of-memory error; a last failure becomes
+        `DeviceOutOfMemoryError` (a user-facing error), never a dead worker."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand cached blocks back so the retry starts from a clean slate
+        if cache_key:  # the failed pass may have left a half-written entry
+            self.prefix_cache.drop(cache_key)
+        smaller = sampler.canvas_length // 2
+        if smaller < MIN_OOM_CANVAS:
+            raise DeviceOutOfMemoryError(
+                f"the device ran out of memory even with a {sampler.canvas_length}-token canvas; lower "
+                "context.max_prefix_tokens or sampler.canvas_length, or run on the CPU (--device cpu)"
+            ) from exc
+        log.warning("out of memory at canvas_length %d; retrying with %d", sampler.canvas_length, smaller)
+        return replace(sampler, canvas_length=smaller)
+
+    def take_notices(self) -> list[tuple[str, str]]:
+        return []  # a local model has no remote state to report
+
+    def prompt_mismatch(self, prompt_ids: list[int]) -> str | None:
+        return None  # the ids go to the model as they are
+
+    def close(self) -> None:
+        self.prefix_cache.clear()
 
     def prefill(self, prompt_ids: list[int], stats: GenerationStats, cache_key: str | None = None,
                 keep_last: bool = False, should_stop: Callable[[], bool] = lambda: False) -> DynamicCache | None:
@@ -399,12 +270,15 @@ class Engine:
 
 
 def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: DiffusionGemmaForBlockDiffusion) -> set[int]:
+    """Where a generation ends: the generation config's EOS ids, the tokenizer's, and an end-of-turn token."""
     ids: set[int] = set()
     for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
         if isinstance(source, int):
             ids.add(source)
         elif isinstance(source, list):
             ids.update(source)
+    vocabulary = tokenizer.get_vocab()
+    ids.update(vocabulary[token] for token in END_OF_TURN_TOKENS if token in vocabulary)
     return ids
 
 

@@ -33,10 +33,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dglsp.completion.postprocess import FILTERS, Edit, postprocess_edit
+from dglsp.completion.prompt import CursorContext, cursor_windows
+from dglsp.completion.syntax import LANGUAGES, LanguageSpec, excess_closers, language_spec, parse_tree
 from dglsp.config import Settings
-from dglsp.postprocess import FILTERS, Edit, postprocess_edit
-from dglsp.prompt import CursorContext, cursor_windows
-from dglsp.syntax import LANGUAGES, LanguageSpec, excess_closers, language_spec, parse_tree
 
 KINDS = ("rest-of-line", "whole-line", "block", "random-span")
 EXTENSIONS = {".py": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".ts": "typescript",
@@ -348,40 +348,14 @@ def render(report: Report, kinds: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dglsp eval",
-        description="Cut holes in a repository's source at syntactic points, complete them through the serving "
-                    "path, and report exact match, edit similarity and bug counts with post-processing off, on, "
-                    "and without each filter.")
-    parser.add_argument("--repo", required=True, type=Path, help="repository (or any source tree) to cut holes in")
-    parser.add_argument("--model", help="model directory or Hugging Face id (default: the embedded model)")
-    parser.add_argument("--limit", type=int, default=60, help="holes in all (default %(default)s)")
-    parser.add_argument("--per-kind", type=int, default=1, help="holes of each kind per file (default %(default)s)")
-    parser.add_argument("--kind", action="append", choices=KINDS, help="repeatable (default: all kinds)")
-    parser.add_argument("--seed", type=int, default=0, help="hole sampling and sampler seed")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--settings", help="JSON settings in the editor's shape (as for `dglsp serve`)")
-    parser.add_argument("--test-cmd", help="shell command running the repository's tests (exit 0 = pass)")
-    parser.add_argument("--test-limit", type=int, default=0, help="holes also checked with --test-cmd")
-    parser.add_argument("--test-timeout", type=float, default=120.0)
-    parser.add_argument("--oracle-overrun", type=int, metavar="CHARS",
-                        help="no model: each hole's raw text is its truth plus CHARS characters of the code after "
-                             "it (a model that keeps going), to measure the filters alone")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--verbose", action="store_true", help="print every hole and its completions")
-    return parser
-
-
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)  # the arguments after `dglsp eval`
+def run(args: argparse.Namespace) -> int:
+    """`dglsp eval --repo PATH` (options: `dglsp.tools.options.add_eval_arguments`)."""
     if not args.repo.is_dir():
         raise SystemExit(f"dglsp eval --repo: {args.repo} is not a directory")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no progress bars in the report
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from dglsp.completer import Completer
-    from dglsp.engine import Engine, load_bundle
+    from dglsp.completion.completer import Completer
+    from dglsp.model.loading import load_engine
 
     options = json.loads(args.settings) if args.settings else {}
     options.setdefault("engine", {}).update(model=args.model, device=args.device, threads=args.threads)
@@ -391,11 +365,12 @@ def main(argv: list[str]) -> int:
         raise SystemExit("dglsp eval --repo: " + "; ".join(warnings))
     completer, model = None, "oracle (truth + overrun)"
     if args.oracle_overrun is None:
-        bundle = load_bundle(settings.engine)
-        completer, model = Completer(bundle, Engine(bundle)), str(bundle.path)
+        bundle, engine = load_engine(settings)
+        completer, model = Completer(bundle, engine), str(bundle.path)
     kinds = tuple(args.kind or KINDS)
     log = (lambda message: print(message, file=sys.stderr)) if args.verbose else (lambda message: None)
-    report = evaluate_repo(completer, args.repo, settings, args.limit, args.per_kind, args.seed, kinds,
+    limit = 60 if args.limit is None else args.limit
+    report = evaluate_repo(completer, args.repo, settings, limit, args.per_kind, args.seed, kinds,
                            args.test_cmd, args.test_limit, args.test_timeout, log, args.oracle_overrun)
     if args.json:
         print(json.dumps({"repo": str(args.repo), "model": model, "ms_per_hole": report.ms_per_hole,

@@ -288,12 +288,12 @@ def side_by_side(args: argparse.Namespace, contexts: list[tuple[str, int, str]],
     """Block diffusion vs token-by-token on the pause contexts, and warm re-encode vs cold prefill."""
     from dataclasses import replace
 
-    from dglsp.completer import Completer
-    from dglsp.engine import Engine, GenerationStats, load_bundle
-    from dglsp.prompt import PromptBuilder
+    from dglsp.completion.completer import Completer
+    from dglsp.completion.prompt import PromptBuilder
+    from dglsp.model.backend import GenerationStats
+    from dglsp.model.loading import load_engine
 
-    bundle = load_bundle(settings.engine)
-    engine = Engine(bundle, settings.latency)
+    bundle, engine = load_engine(settings)
     completer = Completer(bundle, engine)
     builder = PromptBuilder(bundle.tokenizer, completer.format, settings.context)
     sampler = replace(settings.sampler, canvas_length=args.tokens, seed=args.seed)
@@ -429,33 +429,6 @@ def print_table(result: dict) -> None:
 
 
 # -- command line ---------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dglsp bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="model directory (default: the embedded model)")
-    parser.add_argument("--files", nargs="*", type=Path, help="source files to type functions from "
-                        "(default: the standard library's top-level modules)")
-    parser.add_argument("--functions", type=int, default=3, help="functions to type (default 3)")
-    parser.add_argument("--max-chars", type=int, default=320, help="longest function to type (default 320)")
-    parser.add_argument("--context-tokens", type=int, default=2048, help="context budget: prefix + suffix tokens "
-                        "(default 2048)")
-    parser.add_argument("--long-files", action="store_true",
-                        help="type functions that sit deeper than twice the prefix budget (the window is cut)")
-    parser.add_argument("--client", choices=("vscode", "neovim"), default="vscode")
-    parser.add_argument("--baseline", action="store_true",
-                        help="turn prefix KV cache, typing-through and speculation off (the 'before' numbers)")
-    parser.add_argument("--settings", help="extra server settings as JSON, in the editor's shape")
-    parser.add_argument("--tokens", type=int, default=48, help="completion length for the side-by-side (default 48)")
-    parser.add_argument("--completions", type=int, default=6, help="completions in the side-by-side (default 6)")
-    parser.add_argument("--no-side-by-side", action="store_true")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--time-scale", type=float, default=1.0,
-                        help="multiply the typing intervals and pauses (tests type fast; 1 = human)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--json-file", type=Path, help="also write the results as JSON to this file")
-    return parser
-
-
 def server_settings(args: argparse.Namespace) -> dict:
     suffix_tokens = max(16, args.context_tokens // 8)
     options: dict = {"context": {"max_prefix_tokens": args.context_tokens - suffix_tokens,
@@ -467,15 +440,15 @@ def server_settings(args: argparse.Namespace) -> dict:
     return options
 
 
-def main_bench(argv: list[str]) -> int:
+def run(args: argparse.Namespace) -> int:
+    """`dglsp bench`, a typing session (options: `dglsp.tools.options.add_bench_arguments`)."""
     import os
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    args = build_parser().parse_args(argv)
     from transformers import AutoTokenizer
 
     from dglsp.config import Settings
-    from dglsp.engine import resolve_model_dir
+    from dglsp.model.loading import resolve_model_dir
 
     options = server_settings(args)
     settings, warnings = Settings().updated({**options, "engine": {"model": args.model, "threads": args.threads}})

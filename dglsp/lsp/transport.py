@@ -46,7 +46,7 @@ def exit_on_sigterm(server: Any) -> None:
 def exit_now(server: Any, grace_s: float = 5.0) -> None:
     """Stop the device work, give the worker `grace_s` to reach its next stop check, flush, exit 0."""
     server.scheduler.shutdown()
-    worker = getattr(server.scheduler._executor, "thread", None)
+    worker = server.scheduler.worker_thread
     if worker is not None and worker is not threading.current_thread():
         worker.join(grace_s)
     logging.shutdown()

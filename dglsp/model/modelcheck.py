@@ -61,8 +61,22 @@ def _weight_files(path: Path) -> list[Path]:
     return shards
 
 
-def _check_safetensors(file: Path) -> None:
-    """Header readable, every tensor's bytes present, float weights only."""
+def weight_bytes(path: Path) -> tuple[int, int]:
+    """(parameter count, bytes on disk) of the weights, from the safetensors headers alone."""
+    elements = stored = 0
+    for file in _weight_files(path):
+        for spec in _read_header(file).values():
+            count = 1
+            for dim in spec.get("shape", []):
+                count *= int(dim)
+            elements += count
+            begin, end = spec.get("data_offsets", [0, 0])
+            stored += int(end) - int(begin)
+    return elements, stored
+
+
+def _read_header(file: Path) -> dict[str, dict]:
+    """The tensor entries of a safetensors header (name -> dtype, shape, data_offsets); raises if unreadable."""
     size = file.stat().st_size
     with file.open("rb") as handle:
         prefix = handle.read(8)
@@ -80,9 +94,16 @@ def _check_safetensors(file: Path) -> None:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{file} has a corrupt header ({exc}); download or save the model again") from exc
     tensors = {name: spec for name, spec in header.items() if name != "__metadata__" and isinstance(spec, dict)}
+    header_end = 8 + header_length
     data_end = max((int(spec.get("data_offsets", [0, 0])[1]) for spec in tensors.values()), default=0)
-    if 8 + header_length + data_end > size:
-        raise _truncated(file, size, 8 + header_length + data_end)
+    if header_end + data_end > size:
+        raise _truncated(file, size, header_end + data_end)
+    return tensors
+
+
+def _check_safetensors(file: Path) -> None:
+    """Header readable, every tensor's bytes present, float weights only."""
+    tensors = _read_header(file)
     odd = {name: spec.get("dtype") for name, spec in tensors.items() if spec.get("dtype") not in FLOAT_DTYPES}
     if odd:
         name, dtype = next(iter(odd.items()))

@@ -21,19 +21,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from pygls.workspace import Workspace
-
-from dglsp.completer import Completer
-from dglsp.config import SamplerSettings, Settings
-from dglsp.documents import Snapshot, snapshot
-from dglsp.engine import Engine, load_bundle
+from dglsp.completion.completer import Completer
+from dglsp.completion.metrics import LatencyMetrics, memory_mb
+from dglsp.completion.prompt import CursorContext, snippets_enabled
+from dglsp.completion.scheduler import Cancelled, Scheduler
+from dglsp.completion.snapshot import DocumentReader, Snapshot
+from dglsp.completion.snippets import OpenDocument, RecentEdits, pick_snippets
+from dglsp.completion.typing_through import TypingThroughCache, after_acceptance, context_key
+from dglsp.config import Settings
 from dglsp.errors import DglspError, ModelNotReadyError
-from dglsp.metrics import LatencyMetrics, memory_mb
-from dglsp.modelcheck import fingerprint
-from dglsp.neighbors import OpenDocument, RecentEdits, pick_snippets
-from dglsp.prompt import CursorContext, snippets_enabled
-from dglsp.scheduler import Cancelled, Scheduler
-from dglsp.typing_through import TypingThroughCache, after_acceptance, context_key
+from dglsp.model.loading import load_backend, warm_up
+from dglsp.model.modelcheck import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +51,11 @@ class Found:
 
 
 class CompletionService:
-    def __init__(self, settings: Settings, workspace: Callable[[], Workspace],
+    def __init__(self, settings: Settings, documents: DocumentReader,
                  on_log: Callable[[str], None] = lambda line: None,
                  on_reload: Callable[[Future], None] = lambda future: None):
         self.settings = settings
-        self._workspace = workspace  # pygls creates the workspace at `initialize`: read it when needed
+        self.documents = documents
         self._on_log, self._on_reload = on_log, on_reload
         self.scheduler = Scheduler(settings.scheduler.debounce_ms)
         self.completer: Completer | None = None
@@ -76,14 +74,14 @@ class CompletionService:
     def start_loading(self) -> Future:
         """Load the model on the device worker (so it lives on that thread), without blocking the loop."""
         self._load_fingerprint = fingerprint(self.settings.engine.model)
-        self.load_future = self.scheduler._executor.submit(self._load)
+        self.load_future = self.scheduler.run_on_worker(self._load)
         return self.load_future
 
     def reload_model(self, reason: str) -> Future:
         """Load the model again (settings changed, or a broken directory was fixed); `on_reload` reports it."""
         log.info("reloading the model: %s", reason)
-        if self.completer is not None and hasattr(self.completer.engine, "take_notices"):
-            self.completer.engine.close()  # a remote backend: end its HTTP connections and loop thread
+        if self.completer is not None:
+            self.completer.engine.close()  # a remote backend ends its HTTP connections and loop thread
         self.completer = None  # let the old model go before the new one loads
         future = self.start_loading()
         self._on_reload(future)
@@ -102,19 +100,12 @@ class CompletionService:
             log.info("model: %s (%d%%)", message, percent)
 
         begin = time.perf_counter()
-        if self.settings.engine.backend == "remote":
-            from dglsp.remote import load_remote
-
-            bundle, engine = load_remote(self.settings, progress)  # the server check is its warm-up
-        else:
-            bundle = load_bundle(self.settings.engine, progress)
-            engine = Engine(bundle, self.settings.latency)
+        settings = self.settings
+        bundle, engine = load_backend(settings, progress)  # a remote backend's server check is its warm-up
         completer = Completer(bundle, engine)
-        if self.settings.engine.warmup and self.settings.engine.backend == "local":
+        if settings.engine.warmup:
             progress("warming up", 90)
-            # A short fixed schedule: it only has to touch every kernel once.
-            warmup = SamplerSettings(canvas_length=engine.default_canvas_length, max_steps=2, seed=0)
-            engine.generate(bundle.tokenizer.encode("def", add_special_tokens=False) or [0], warmup)
+            warm_up(engine, bundle, settings)
         self.completer = completer
         progress(f"ready: {bundle.path.name} on {bundle.device} in {time.perf_counter() - begin:.1f} s", 100)
         return completer
@@ -133,8 +124,7 @@ class CompletionService:
 
     def take_notices(self) -> list[tuple[str, str]]:
         """A remote backend's changes of state (server down, key refused, back again), each once."""
-        take = getattr(self.completer.engine, "take_notices", None) if self.completer else None
-        return take() if take else []
+        return self.completer.engine.take_notices() if self.completer else []
 
     def update_settings(self, settings: Settings) -> None:
         before = self.settings
@@ -194,7 +184,7 @@ class CompletionService:
                 self._log_request(request_id, uri, f"{len(rest)} chars; served from typing-through, no model run")
                 return Found(rest)
         completer = await self.ready_completer()
-        current = snapshot(self._workspace(), uri).version
+        current = self.documents.get(uri).version
         if current != document.version:  # edited while the model was loading: no job existed to be stopped
             self._log_request(request_id, uri, f"cancelled (document changed to version {current})")
             return None
@@ -243,9 +233,7 @@ class CompletionService:
         """Add snippets of the other open documents and recent edits, when the prompt format takes them."""
         if not snippets_enabled(completer.format, settings.context):
             return context
-        workspace = self._workspace()
-        documents = [OpenDocument(doc.uri, snapshot(workspace, doc.uri).path, doc.language_id or "", doc.source)
-                     for doc in list(workspace.text_documents.values())]
+        documents = [OpenDocument(doc.uri, doc.path, doc.language_id, doc.text) for doc in self.documents.all()]
         snippets = pick_snippets(uri, context, documents, settings.context, self.recent_edits)
         return dataclasses.replace(context, snippets=snippets)
 

@@ -1,0 +1,93 @@
+"""The seam between the completer and whatever generates: the local `Engine` or the remote client.
+
+Contract: `generate(prompt_ids, sampler, should_stop, on_canvas=, deadline=, cache_key=)` takes the
+prompt as token ids (built by `completion.prompt`, the same for both) and returns a `Generation` whose
+token ids the completer decodes and post-processes itself, so stop rules and post-processing never
+depend on where the model runs. `should_stop` is polled between canvases or denoising steps.
+`take_notices()` hands over changes of state the user must hear about (a remote server going down),
+each once; `close()` releases what the backend holds (connections, threads). This module imports
+neither torch nor an implementation: the types here are what the layers above see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dglsp.config import SamplerSettings
+
+# (step, token ids so far, committed) -> True to end the generation after a committed canvas
+CanvasCallback = Callable[[int, list[int], bool], bool | None]
+
+
+@dataclass
+class GenerationStats:
+    prefill_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the document's prefix KV cache (not encoded)
+    prefill_ms: float = 0.0
+    canvases: int = 0
+    steps: int = 0  # decoder forward passes over canvases
+    encoder_passes: int = 0
+    decode_ms: float = 0.0
+    total_ms: float = 0.0
+    generated_tokens: int = 0
+    stopped: bool = False
+    hit_deadline: bool = False
+
+    @property
+    def forward_passes(self) -> int:
+        return self.steps + self.encoder_passes
+
+    @property
+    def ms_per_step(self) -> float:
+        return self.decode_ms / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Generated tokens per forward pass of any kind (prefill and committed canvases included)."""
+        return self.generated_tokens / self.forward_passes if self.forward_passes else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"prefill {self.prefill_tokens} tok{f' ({self.cached_tokens} cached)' if self.cached_tokens else ''} "
+            f"{self.prefill_ms:.0f} ms, {self.steps} steps "
+            f"({self.ms_per_step:.1f} ms/step, {self.tokens_per_forward:.2f} tok/forward), "
+            f"{f'{self.canvases} canvases, ' if self.canvases > 1 else ''}"
+            f"total {self.total_ms:.0f} ms{' [stopped]' if self.stopped else ''}"
+            f"{' [deadline]' if self.hit_deadline else ''}"
+        )
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]  # generated ids, EOS and what follows it removed
+    finished: bool  # the model ended the block with EOS
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class Backend(Protocol):
+    device: Any  # a torch.device for the local engine; a description of the server for the remote one
+    prefix_cache: Any  # `kvcache.PrefixCache` (or a no-op stand-in where the server keeps the cache)
+
+    @property
+    def default_canvas_length(self) -> int: ...
+
+    @property
+    def default_steps(self) -> int: ...
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        sampler: SamplerSettings,
+        should_stop: Callable[[], bool] = ...,
+        on_canvas: CanvasCallback | None = None,
+        deadline: float | None = None,
+        cache_key: str | None = None,
+    ) -> Generation: ...
+
+    def take_notices(self) -> list[tuple[str, str]]: ...
+
+    def prompt_mismatch(self, prompt_ids: list[int]) -> str | None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Offline tools: training, corpus, evaluation and benchmarks. Serving code never imports them."""

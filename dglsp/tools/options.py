@@ -1,0 +1,199 @@
+"""The tools' command-line options (`dglsp train`, `dglsp eval`, `dglsp bench`) and the training config.
+
+This module imports nothing heavy, so `dglsp --help` and `dglsp COMMAND --help` list every option
+without loading torch, and the serving commands never load the tools. Each command's work is in
+its own module, imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+DEFAULT_WORK_DIR = Path(os.environ.get("DGLSP_TRAIN_DIR", Path.home() / "dglsp-train"))
+PRESET_NAMES = ("tiny", "small", "base")  # modelzoo.PRESETS (a test checks they agree)
+BENCHMARKS = ("single-line", "multi-line", "random-span")
+DECODINGS = ("diffusion", "autoregressive")
+REPO_HOLE_KINDS = ("rest-of-line", "whole-line", "block", "random-span")
+DRAFT_LENGTHS = (128, 256, 512)
+EMBEDDED = "embedded"  # --resume-from's name for the model shipped in the package
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; `dglsp train --FIELD` sets each (the help comes from FIELD_HELP)."""
+
+    preset: str = "small"
+    vocab_size: int = 4096
+    batch_size: int = 8
+    canvases_per_prompt: int = 4
+    max_prefix_tokens: int = 384
+    max_suffix_tokens: int = 192
+    lr: float = 1e-3
+    warmup_steps: int = 60
+    # Warmup-stable-decay: the last `cooldown_steps` of `max_steps` decay the rate linearly to
+    # `lr * min_lr_ratio`. The stable phase has no known end (runs resume session after session),
+    # so the decay is a branch: its start is saved as checkpoint-stable.pt for later runs to go on from.
+    cooldown_steps: int = 0
+    min_lr_ratio: float = 0.1
+    # The exported model's serving default (dglsp.json sampler.max_steps), from `dglsp eval --max-steps` sweeps:
+    # on the 6200-step model, 8 steps passed as many single-line problems as 24 at a third of the passes.
+    serve_steps: int = 8
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    t_eps: float = 1e-3
+    pad_weight: float = 0.1
+    ar_weight: float = 1.0
+    self_conditioning_prob: float = 0.5
+    seed: int = 0
+    max_steps: int = 0  # 0 = until --minutes runs out
+    minutes: float = 0.0  # 0 = until --max-steps
+    eval_every: int = 100
+    eval_examples: int = 48
+    checkpoint_minutes: float = 5.0
+    export_minutes: float = 10.0
+    device: str = "cpu"
+    # Mixed precision: "auto" = bf16 autocast where the hardware has bf16 matmuls (CUDA; CPUs with AVX512-BF16
+    # or AMX), fp32 elsewhere. Weights and optimizer state stay fp32. On this 2-core Zen 4 the long run went
+    # from ~2,100 to ~2,300 tokens/s: at this size the step is mostly not matmuls; on a GPU it is the norm.
+    precision: str = "auto"
+    threads: int = 0
+    max_package_bytes: int = 6_000_000
+    # With no checkpoint in the work dir, a run goes on from this shipped model directory (weights, tokenizer,
+    # step and counters from its dglsp.json) instead of random weights; "" starts from scratch.
+    resume_from: str = EMBEDDED
+
+
+FIELD_HELP = {
+    "preset": "model size",
+    "device": "cpu or cuda",
+    "precision": "auto (bf16 autocast where the hardware is fast at it), bf16 or fp32",
+    "threads": "torch CPU threads (0 = torch's default)",
+    "max_steps": "stop at this total step count (0 = no limit)",
+    "minutes": "stop after this many minutes (0 = no limit)",
+    "lr": "peak learning rate (after warmup, until any decay)",
+    "cooldown_steps": "decay the rate linearly over the last N of --max-steps (saves the stable phase as "
+                      "checkpoint-stable.pt, which a later, longer run goes on from)",
+    "min_lr_ratio": "the decay's end as a fraction of --lr",
+    "pad_weight": "canvas loss weight of padding positions (middle and EOS weigh 1)",
+    "ar_weight": "weight of the encoder's next-token loss against the canvas loss",
+    "serve_steps": "denoising steps the exported model serves with by default (dglsp.json)",
+    "eval_every": "steps between held-out losses",
+    "resume_from": "with no checkpoint in --work-dir, go on from this shipped model directory: its weights, "
+                   "tokenizer and counters (default: the embedded model; '' = from scratch)",
+    "max_package_bytes": "cap on the bytes taken from one installed package",
+}
+CHOICES = {"preset": PRESET_NAMES, "precision": ("auto", "bf16", "fp32")}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+                        help="corpus cache, tokenizer, checkpoint and log (default: %(default)s)")
+    parser.add_argument("--export-dir", type=Path, default=None,
+                        help="where the latest model directory is written (default: WORK_DIR/export)")
+    parser.add_argument("--ship-to", type=Path, default=None,
+                        help="copy each export whose held-out loss improved here (e.g. dglsp/model/embedded)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    config = parser.add_argument_group("training config (defaults in dglsp/tools/options.py: TrainConfig)")
+    for spec in fields(TrainConfig):
+        default = spec.default
+        config.add_argument(f"--{spec.name.replace('_', '-')}", type=type(default), default=default,
+                            choices=CHOICES.get(spec.name),
+                            help=f"{FIELD_HELP.get(spec.name, spec.name.replace('_', ' '))} (default: %(default)s)")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{spec.name: getattr(args, spec.name) for spec in fields(TrainConfig)})
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="model directory or Hugging Face id (default: embedded)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (and hole sampling with --repo)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="HumanEval: problems per benchmark, evenly spaced (default: all); --repo: holes in "
+                             "all (default 60)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--verbose", action="store_true", help="print every completion and its outcome")
+    human_eval = parser.add_argument_group(
+        "HumanEval-Infilling (the default): pass@1 (executed), exact match, forward passes and ms per completion, "
+        "for each decoding of the same weights")
+    human_eval.add_argument("--data", type=Path, default=None,
+                            help="directory with the HumanEval-Infilling .jsonl.gz files (default: the copy "
+                                 "shipped in the package)")
+    human_eval.add_argument("--benchmark", action="append", choices=BENCHMARKS, default=None,
+                            help="repeatable (default: single-line and multi-line)")
+    human_eval.add_argument("--decoding", action="append", choices=DECODINGS, default=None,
+                            help="repeatable (default: all)")
+    human_eval.add_argument("--max-canvases", type=int, default=2, help="canvases per multi-line completion")
+    human_eval.add_argument("--max-steps", type=int, default=None,
+                            help="denoising steps per canvas (default: the model's)")
+    human_eval.add_argument("--canvas-length", type=int, default=None,
+                            help="tokens per canvas (default: the model's dglsp.json, else its config's)")
+    human_eval.add_argument("--timeout", type=float, default=10.0, help="seconds per executed program")
+    human_eval.add_argument("--no-latency", action="store_true", help="skip the cold ~1k-token completion timing")
+    human_eval.add_argument("--record", action="store_true",
+                            help="write eval.json into the model directory and refresh its MODEL_CARD.md")
+    human_eval.add_argument("--save-outputs", type=Path, default=None, metavar="FILE",
+                            help="write every decoded middle (JSON lines) for --rescore")
+    human_eval.add_argument("--rescore", type=Path, default=None, metavar="FILE",
+                            help="score the outputs a --save-outputs run wrote, without a model (post-processing "
+                                 "changes, --pipeline ablations); same --benchmark/--decoding/--limit")
+    human_eval.add_argument("--pipeline", action="store_true",
+                            help="also score dglsp's post-processing pipeline, and the pipeline without each "
+                                 "filter, on the same generations (rows DECODING+pipeline, DECODING+pipeline-FILTER)")
+    repo = parser.add_argument_group(
+        "a repository (--repo PATH): cut holes at syntactic points, complete them through the serving path, and "
+        "report exact match, edit similarity and bug counts with post-processing off, on, and without each filter")
+    repo.add_argument("--repo", type=Path, default=None, help="repository (or any source tree) to cut holes in")
+    repo.add_argument("--per-kind", type=int, default=1, help="holes of each kind per file (default %(default)s)")
+    repo.add_argument("--kind", action="append", choices=REPO_HOLE_KINDS, help="repeatable (default: all kinds)")
+    repo.add_argument("--settings", help="JSON settings in the editor's shape (as for `dglsp serve`)")
+    repo.add_argument("--test-cmd", help="shell command running the repository's tests (exit 0 = pass)")
+    repo.add_argument("--test-limit", type=int, default=0, help="holes also checked with --test-cmd")
+    repo.add_argument("--test-timeout", type=float, default=120.0)
+    repo.add_argument("--oracle-overrun", type=int, metavar="CHARS",
+                      help="no model: each hole's raw text is its truth plus CHARS characters of the code after it "
+                           "(a model that keeps going), to measure the filters alone")
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model directory or Hugging Face id (default: the embedded model)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    typing = parser.add_argument_group(
+        "typing session (the default): replay human typing over LSP against `dglsp serve` and print latencies")
+    typing.add_argument("--files", nargs="*", type=Path, help="source files to type functions from "
+                        "(default: the standard library's top-level modules)")
+    typing.add_argument("--functions", type=int, default=3, help="functions to type (default 3)")
+    typing.add_argument("--max-chars", type=int, default=320, help="longest function to type (default 320)")
+    typing.add_argument("--context-tokens", type=int, default=2048,
+                        help="context budget: prefix + suffix tokens (default 2048)")
+    typing.add_argument("--long-files", action="store_true",
+                        help="type functions that sit deeper than twice the prefix budget (the window is cut)")
+    typing.add_argument("--client", choices=("vscode", "neovim"), default="vscode")
+    typing.add_argument("--baseline", action="store_true",
+                        help="turn prefix KV cache, typing-through and speculation off (the 'before' numbers)")
+    typing.add_argument("--settings", help="extra server settings as JSON, in the editor's shape")
+    typing.add_argument("--tokens", type=int, default=48, help="completion length for the side-by-side (default 48)")
+    typing.add_argument("--completions", type=int, default=6, help="completions in the side-by-side (default 6)")
+    typing.add_argument("--no-side-by-side", action="store_true")
+    typing.add_argument("--time-scale", type=float, default=1.0,
+                        help="multiply the typing intervals and pauses (tests type fast; 1 = human)")
+    typing.add_argument("--json-file", type=Path, help="also write the results as JSON to this file")
+    draft = parser.add_argument_group(
+        "drafts (--draft): block diffusion against token-by-token decoding at fixed draft lengths, and pass@1 of "
+        "drafted HumanEval bodies")
+    draft.add_argument("--draft", action="store_true", help="run the draft benchmark instead of a typing session")
+    draft.add_argument("--device", default="auto")
+    draft.add_argument("--lengths", default=",".join(map(str, DRAFT_LENGTHS)), help="draft lengths in tokens")
+    draft.add_argument("--prompts", type=int, default=4, help="prompts per length for the speed table")
+    draft.add_argument("--problems", type=int, default=20, help="HumanEval bodies for the quality table (0: skip)")
+    draft.add_argument("--max-tokens", type=int, default=256, help="draft token limit for the quality table")
+    draft.add_argument("--steps", type=int, help="maximum denoising steps per canvas")
+    draft.add_argument("--timeout", type=float, default=10.0, help="seconds per executed program")
+
