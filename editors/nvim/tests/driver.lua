@@ -70,7 +70,9 @@ end
 local function type_until_ghost(chars)
   for char in chars:gmatch(".") do
     press(char)
-    if wait_for(function() return ghost.shown(bufnr) ~= nil end, 15000) then
+    if wait_for(function()
+      return ghost.shown(bufnr) ~= nil
+    end, 15000) then
       return true
     end
   end
@@ -85,16 +87,20 @@ local function record_renders()
   local render = ghost.render
   ghost.render = function(buf, row, col, text)
     local state = draft.inspect()
-    table.insert(results.draft.renders, { row = row, col = col, text = text or vim.NIL,
-                                          drafting = state ~= nil and state.drafting })
+    table.insert(
+      results.draft.renders,
+      { row = row, col = col, text = text or vim.NIL, drafting = state ~= nil and state.drafting }
+    )
     return render(buf, row, col, text)
   end
   vim.api.nvim_create_autocmd("LspProgress", {
     callback = function(args)
       local params = args.data.params
       if type(params.token) == "string" and params.token:match("^dglsp/draft/") then
-        table.insert(results.draft.progress, { token = params.token, kind = params.value.kind,
-                                               message = params.value.message or vim.NIL })
+        table.insert(
+          results.draft.progress,
+          { token = params.token, kind = params.value.kind, message = params.value.message or vim.NIL }
+        )
       end
     end,
   })
@@ -113,11 +119,13 @@ function draft_section()
     results.draft.progress = {}
     press("<M-d>")
     -- A typing event queued behind the draft key asks for a suggestion: none may be sent while drafting.
-    local inline = require("dglsp.inline")
     local requests_before = inline.stats.requests
     inline.request(vim.api.nvim_get_current_buf())
     results.draft.inline_requests_while_drafting = inline.stats.requests - requests_before
-    wait_for(function() local s = draft.inspect(); return s == nil or not s.drafting end, 60000)
+    wait_for(function()
+      local s = draft.inspect()
+      return s == nil or not s.drafting
+    end, 60000)
     local state = draft.inspect()
     if state and state.text then
       shown = true
@@ -181,8 +189,12 @@ local function main()
   vim.bo.expandtab = false
   local ready = wait_for(function()
     local status
-    require("dglsp.lsp").status(function(_, s) status = s end)
-    wait_for(function() return status ~= nil end, 2000)
+    require("dglsp.lsp").status(function(_, s)
+      status = s
+    end)
+    wait_for(function()
+      return status ~= nil
+    end, 2000)
     return status and status.ready
   end, 120000)
   results.ready = ready
@@ -197,8 +209,10 @@ local function main()
     end
     local ok
     ok, id = request(method, params, record, on_reply)
-    table.insert(results.sent, { method = method, id = id,
-                                 params = method == "workspace/executeCommand" and params or vim.NIL })
+    table.insert(
+      results.sent,
+      { method = method, id = id, params = method == "workspace/executeCommand" and params or vim.NIL }
+    )
     return ok, id
   end
   rpc.notify = function(method, params)
@@ -220,7 +234,9 @@ local function main()
 
   -- 2. Keep typing: a keystroke while a request is in flight cancels it; a new suggestion follows.
   press("<CR>")
-  local saw_inflight = wait_for(function() return inline.inspect(bufnr).inflight ~= nil end, 5000)
+  local saw_inflight = wait_for(function()
+    return inline.inspect(bufnr).inflight ~= nil
+  end, 5000)
   local before = snapshot("in flight")
   before.saw_inflight = saw_inflight
   before.inflight = inline.inspect(bufnr).inflight
@@ -261,8 +277,12 @@ local function main()
 
   -- 6. Status, toggle, health.
   local status_text
-  dglsp.status(function(text) status_text = text end)
-  wait_for(function() return status_text ~= nil end, 5000)
+  dglsp.status(function(text)
+    status_text = text
+  end)
+  wait_for(function()
+    return status_text ~= nil
+  end, 5000)
   results.status = status_text
   vim.cmd("DglspToggle")
   results.enabled_after_toggle = inline.enabled
@@ -277,7 +297,9 @@ co = coroutine.create(function()
   local ok, err = xpcall(function()
     vim.api.nvim_create_autocmd("BufEnter", {
       pattern = "*.py",
-      callback = function(args) bufnr = args.buf end,
+      callback = function(args)
+        bufnr = args.buf
+      end,
     })
     main()
   end, debug.traceback)

@@ -4,6 +4,9 @@
  * Pure functions with no `vscode` import, so Node's test runner tests them directly. The
  * extension reads VS Code's configuration into a `DglspConfig` and calls these; the server
  * validates every value again (a bad one is reported there and its default kept).
+ *
+ * Server settings go to the server only when the user set them: the server's defaults live in the
+ * server alone (dglsp/config.py), so a changed default reaches VS Code users with the server.
  */
 
 export interface DglspConfig {
@@ -13,9 +16,25 @@ export interface DglspConfig {
   pythonPath: string;
   model: string;
   device: string;
-  canvasLength: number;
-  debounceMs: number;
+  /** sampler.canvas_length; undefined: not set by the user (the server's default). */
+  canvasLength: number | undefined;
+  /** scheduler.debounce_ms; undefined: not set by the user (the server's default). */
+  debounceMs: number | undefined;
   settings: Record<string, unknown>;
+}
+
+/** The fields of VS Code's `WorkspaceConfiguration.inspect(key)` read here: the values the user set. */
+export interface InspectedSetting<T> {
+  globalValue?: T;
+  workspaceValue?: T;
+  workspaceFolderValue?: T;
+}
+
+/** The part of VS Code's `WorkspaceConfiguration` read here (tests pass a plain object). */
+export interface Configuration {
+  /** The value in effect; package.json's default when the user set none. */
+  get<T>(key: string): T | undefined;
+  inspect<T>(key: string): InspectedSetting<T> | undefined;
 }
 
 /** The answer to the server's `dglsp/status` request. */
@@ -27,7 +46,10 @@ export interface ServerStatus {
   load_message: string;
 }
 
-/** Mirrors package.json's `contributes.configuration` defaults (a test keeps the two in step). */
+/**
+ * Mirrors package.json's `contributes.configuration` defaults (a test keeps the two in step). Server
+ * settings have none here or there (null in package.json): unset, the server's own default applies.
+ */
 export const DEFAULTS: DglspConfig = {
   enable: true,
   languages: ["python", "javascript", "typescript", "go", "rust", "c", "cpp", "java", "lua", "shellscript"],
@@ -35,13 +57,24 @@ export const DEFAULTS: DglspConfig = {
   pythonPath: "python3",
   model: "",
   device: "auto",
-  canvasLength: 32,
-  debounceMs: 15,
+  canvasLength: undefined,
+  debounceMs: undefined,
   settings: {},
 };
 
-/** Build a config from a `get(key, default)` lookup (VS Code's `WorkspaceConfiguration.get`). */
-export function readConfig(get: <T>(key: string, fallback: T) => T): DglspConfig {
+/** The value of `key` if the user set one (user, workspace or folder settings), else undefined. */
+function userValue<T>(configuration: Configuration, key: string): T | undefined {
+  const inspected = configuration.inspect<T>(key);
+  const levels = [inspected?.globalValue, inspected?.workspaceValue, inspected?.workspaceFolderValue];
+  if (levels.every((value) => value === undefined || value === null)) {
+    return undefined;
+  }
+  return configuration.get<T>(key) ?? undefined;
+}
+
+/** Build a config from VS Code's `WorkspaceConfiguration` for the `dglsp` section. */
+export function readConfig(configuration: Configuration): DglspConfig {
+  const get = <T>(key: string, fallback: T): T => configuration.get<T>(key) ?? fallback;
   return {
     enable: get("enable", DEFAULTS.enable),
     languages: get("languages", DEFAULTS.languages),
@@ -49,8 +82,8 @@ export function readConfig(get: <T>(key: string, fallback: T) => T): DglspConfig
     pythonPath: get("server.pythonPath", DEFAULTS.pythonPath),
     model: get("model", DEFAULTS.model),
     device: get("device", DEFAULTS.device),
-    canvasLength: get("canvasLength", DEFAULTS.canvasLength),
-    debounceMs: get("debounceMs", DEFAULTS.debounceMs),
+    canvasLength: userValue<number>(configuration, "canvasLength"),
+    debounceMs: userValue<number>(configuration, "debounceMs"),
     settings: get("settings", DEFAULTS.settings),
   };
 }
@@ -81,19 +114,40 @@ function merge(base: Record<string, unknown>, over: Record<string, unknown>): Re
   return out;
 }
 
-/** Settings in the server's shape (sections of dglsp/config.py); `dglsp.settings` wins over the named ones. */
+/**
+ * Settings in the server's shape (sections of dglsp/config.py), only those the user set;
+ * `dglsp.settings` wins over the named ones.
+ */
 export function initializationOptions(config: DglspConfig): Record<string, unknown> {
-  const named = {
-    sampler: { canvas_length: config.canvasLength },
-    scheduler: { debounce_ms: config.debounceMs },
-  };
+  const named: Record<string, Record<string, unknown>> = {};
+  if (config.canvasLength !== undefined) {
+    named.sampler = { canvas_length: config.canvasLength };
+  }
+  if (config.debounceMs !== undefined) {
+    named.scheduler = { debounce_ms: config.debounceMs };
+  }
   return merge(named, isObject(config.settings) ? config.settings : {});
 }
 
-/** A change to these needs a new server process; anything else goes as didChangeConfiguration. */
+/** "section.key" of every value in `options`. */
+function settingPaths(options: Record<string, unknown>, prefix = ""): string[] {
+  return Object.entries(options).flatMap(([key, value]) =>
+    isObject(value) ? settingPaths(value, `${prefix}${key}.`) : [`${prefix}${key}`],
+  );
+}
+
+/**
+ * A change that needs a new server process: the command or the languages, or a setting the server was
+ * sent and is sent no more (the server keeps the last value it got; a new one starts from its defaults).
+ * Anything else goes as didChangeConfiguration.
+ */
 export function needsRestart(before: DglspConfig, after: DglspConfig): boolean {
   const key = (c: DglspConfig) => JSON.stringify([serverCommand(c), c.languages]);
-  return key(before) !== key(after);
+  if (key(before) !== key(after)) {
+    return true;
+  }
+  const sent = new Set(settingPaths(initializationOptions(after)));
+  return settingPaths(initializationOptions(before)).some((path) => !sent.has(path));
 }
 
 function baseName(path: string): string {

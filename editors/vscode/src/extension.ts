@@ -37,8 +37,7 @@ let lastRoundTripMs: number | undefined;
 let showDraft: ((draftSoFar: string) => void) | undefined;
 
 function currentConfig(): DglspConfig {
-  const settings = vscode.workspace.getConfiguration(SECTION);
-  return readConfig(<T>(key: string, fallback: T) => settings.get<T>(key, fallback));
+  return readConfig(vscode.workspace.getConfiguration(SECTION));
 }
 
 function createClient(cfg: DglspConfig): LanguageClient {

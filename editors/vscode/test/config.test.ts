@@ -4,25 +4,96 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 
-import { DEFAULTS, type DglspConfig, initializationOptions, needsRestart, readConfig, serverCommand, statusText } from "../src/config";
+import {
+  type Configuration,
+  DEFAULTS,
+  type DglspConfig,
+  type InspectedSetting,
+  initializationOptions,
+  needsRestart,
+  readConfig,
+  serverCommand,
+  statusText,
+} from "../src/config";
 
+type Property = { default?: unknown; type?: string | string[]; description?: string };
 const manifest = JSON.parse(readFileSync(join(__dirname, "..", "..", "package.json"), "utf8")) as {
   activationEvents: string[];
-  contributes: { configuration: { properties: Record<string, { default: unknown }> } };
+  contributes: { configuration: { properties: Record<string, Property> } };
 };
+const properties = manifest.contributes.configuration.properties;
 
 function config(overrides: Partial<DglspConfig> = {}): DglspConfig {
   return { ...DEFAULTS, ...overrides };
 }
 
-test("DEFAULTS are package.json's defaults, read back through readConfig", () => {
-  const properties = manifest.contributes.configuration.properties;
-  const fromManifest = readConfig(<T>(key: string, fallback: T) => {
+type Level = "globalValue" | "workspaceValue" | "workspaceFolderValue";
+
+/**
+ * VS Code's `WorkspaceConfiguration` for the `dglsp` section over package.json: `set` holds what the
+ * user set, per key and level. `get` answers as VS Code does: the most specific level the user set,
+ * else package.json's default.
+ */
+function vscodeConfiguration(set: Record<string, Partial<Record<Level, unknown>>> = {}): Configuration {
+  const inspect = <T>(key: string): InspectedSetting<T> | undefined => {
     const entry = properties[`dglsp.${key}`];
     assert.ok(entry, `package.json lacks dglsp.${key}`);
-    return (entry.default as T) ?? fallback;
+    return { ...(set[key] ?? {}) } as InspectedSetting<T>;
+  };
+  return {
+    inspect,
+    get<T>(key: string): T | undefined {
+      const levels = inspect<T>(key) ?? {};
+      const user = levels.workspaceFolderValue ?? levels.workspaceValue ?? levels.globalValue;
+      return user !== undefined ? user : (properties[`dglsp.${key}`].default as T);
+    },
+  };
+}
+
+test("DEFAULTS are package.json's defaults, read back through readConfig", () => {
+  assert.deepEqual(readConfig(vscodeConfiguration()), DEFAULTS);
+});
+
+test("package.json declares no default for the server's settings: null, described as the server's default", () => {
+  for (const key of ["dglsp.canvasLength", "dglsp.debounceMs"]) {
+    // VS Code makes an integer setting without a default 0, so the default is an explicit null.
+    assert.equal(properties[key].default, null, key);
+    assert.deepEqual(properties[key].type, ["integer", "null"], key);
+    assert.match(properties[key].description ?? "", /the server's default/, key);
+  }
+});
+
+test("readConfig: a server setting is read only where the user set it", () => {
+  assert.equal(readConfig(vscodeConfiguration()).canvasLength, undefined);
+  assert.equal(readConfig(vscodeConfiguration({ canvasLength: { globalValue: 16 } })).canvasLength, 16);
+  assert.equal(readConfig(vscodeConfiguration({ debounceMs: { workspaceValue: 0 } })).debounceMs, 0);
+  const both = vscodeConfiguration({ canvasLength: { globalValue: 16, workspaceFolderValue: 8 } });
+  assert.equal(readConfig(both).canvasLength, 8);
+  // An explicit null in settings.json is "unset" too.
+  assert.equal(readConfig(vscodeConfiguration({ canvasLength: { globalValue: null } })).canvasLength, undefined);
+  // Even if `get` answered a value (a default VS Code made up), only what inspect says the user set counts.
+  const madeUp: Configuration = { get: <T>() => 0 as T, inspect: () => ({}) };
+  assert.equal(readConfig(madeUp).debounceMs, undefined);
+});
+
+test("initializationOptions: a server setting the user did not set is not sent", () => {
+  const options = initializationOptions(readConfig(vscodeConfiguration()));
+  assert.deepEqual(options, {});
+  assert.ok(!("sampler" in options) && !("scheduler" in options));
+  const onlyDebounce = initializationOptions(readConfig(vscodeConfiguration({ debounceMs: { globalValue: 40 } })));
+  assert.deepEqual(onlyDebounce, { scheduler: { debounce_ms: 40 } });
+});
+
+test("initializationOptions: a server setting the user set is sent, dglsp.settings wins over it", () => {
+  const configuration = vscodeConfiguration({
+    canvasLength: { globalValue: 16 },
+    debounceMs: { workspaceValue: 0 },
+    settings: { globalValue: { sampler: { canvas_length: 64, max_steps: 8 } } },
   });
-  assert.deepEqual(fromManifest, DEFAULTS);
+  assert.deepEqual(initializationOptions(readConfig(configuration)), {
+    sampler: { canvas_length: 64, max_steps: 8 },
+    scheduler: { debounce_ms: 0 },
+  });
 });
 
 test("the extension activates on every default language", () => {
@@ -51,11 +122,10 @@ test("initializationOptions: named settings in the server's sections, dglsp.sett
   );
   assert.deepEqual(merged, {
     sampler: { canvas_length: 64, max_steps: 8 },
-    scheduler: { debounce_ms: 15 },
     postprocess: { max_lines: 4 },
   });
-  const ignored = initializationOptions(config({ settings: ["not", "an", "object"] as unknown as Record<string, unknown> }));
-  assert.deepEqual(ignored, { sampler: { canvas_length: 32 }, scheduler: { debounce_ms: 15 } });
+  const ignored = initializationOptions(config({ canvasLength: 16, settings: ["not", "an", "object"] as unknown as Record<string, unknown> }));
+  assert.deepEqual(ignored, { sampler: { canvas_length: 16 } });
 });
 
 test("a new model, device or command restarts the server; sampler settings do not", () => {
@@ -63,6 +133,14 @@ test("a new model, device or command restarts the server; sampler settings do no
   assert.equal(needsRestart(config(), config({ device: "cpu" })), true);
   assert.equal(needsRestart(config(), config({ pythonPath: "/venv/bin/python" })), true);
   assert.equal(needsRestart(config(), config({ canvasLength: 8, debounceMs: 100, settings: { sampler: {} } })), false);
+  assert.equal(needsRestart(config({ canvasLength: 8 }), config({ canvasLength: 16 })), false);
+});
+
+test("unsetting a setting the server was sent restarts it (the server keeps the last value it got)", () => {
+  assert.equal(needsRestart(config({ canvasLength: 8 }), config()), true);
+  assert.equal(needsRestart(config({ settings: { sampler: { max_steps: 8 } } }), config()), true);
+  // Still sent through dglsp.settings: no restart.
+  assert.equal(needsRestart(config({ canvasLength: 8 }), config({ settings: { sampler: { canvas_length: 8 } } })), false);
 });
 
 test("status text: not running, loading, ready with latency, turned off", () => {

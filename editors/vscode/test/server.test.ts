@@ -4,7 +4,7 @@
 // re-asks while you type (cancel the running request, wait 50 ms, ask again), and "dglsp: Draft here"
 // (`dglsp.draft`: progress on a server-created token, one versioned workspace/applyEdit; cancel -> nothing).
 //
-// Model: $DGLSP_TEST_MODEL, or a tiny random-weight DiffusionGemma built here with dglsp.modelzoo.
+// Model: $DGLSP_TEST_MODEL, or a tiny random-weight DiffusionGemma built here with dglsp.tools.modelzoo.
 // Python: $DGLSP_TEST_PYTHON, or the repo's .venv, or python3.
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
@@ -61,7 +61,7 @@ const python =
 const MAKE_TINY_MODEL = `
 import sys, sysconfig
 from pathlib import Path
-from dglsp import modelzoo
+from dglsp.tools import modelzoo
 stdlib = Path(sysconfig.get_paths()["stdlib"])
 texts = [f.read_text(encoding="utf-8", errors="replace") for f in sorted(stdlib.glob("*.py"))[:40]]
 tokenizer = modelzoo.train_tokenizer(texts, vocab_size=512)

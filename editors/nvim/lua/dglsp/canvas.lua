@@ -4,6 +4,7 @@
 --- { uri, version, position = { line, character }, text, step, done }: while the buffer is
 --- still at `version` and the cursor at `position`, the suggestion is redrawn as it denoises;
 --- `done` hands over to the normal inline-completion answer (which draws the final text).
+local compat = require("dglsp.compat")
 local ghost = require("dglsp.ghost")
 
 local M = {}
@@ -20,10 +21,7 @@ function M.handler(_, params, ctx)
   local encoding = client and client.offset_encoding or "utf-16"
   local row = params.position.line
   local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
-  local ok, col = pcall(vim.str_byteindex, line, encoding, params.position.character, false)
-  if ok then
-    ghost.render(bufnr, row, col, params.text)
-  end
+  ghost.render(bufnr, row, compat.byte_col(line, encoding, params.position.character), params.text)
 end
 
 --- Register the handler (idempotent).

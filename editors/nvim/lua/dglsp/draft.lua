@@ -8,6 +8,7 @@
 --- `dismiss()`. One draft at a time. `cancel()` (also `dismiss()` while drafting) sends
 --- `$/cancelRequest`: the server stops within one denoising step and nothing is inserted. An edit
 --- to the buffer cancels a draft in flight (the server drops it too) and removes a shown one.
+local compat = require("dglsp.compat")
 local ghost = require("dglsp.ghost")
 local inline = require("dglsp.inline")
 local lsp = require("dglsp.lsp")
@@ -16,7 +17,6 @@ local M = {}
 
 local TOKEN_PREFIX = "dglsp/draft/"
 local REQUEST_CANCELLED = -32800
-local has_011 = vim.fn.has("nvim-0.11") == 1
 
 -- Counters for the tests and :DglspStatus.
 M.stats = { started = 0, renders = 0, cancelled = 0, accepted = 0, last_error = nil }
@@ -36,30 +36,6 @@ M.stats = { started = 0, renders = 0, cancelled = 0, accepted = 0, last_error = 
 ---@field cursor integer[]? cursor when the final draft was shown
 ---@type dglsp.Draft?
 local current
-
--- A byte column -> a column in the server's encoding (0.11 changed vim.str_utfindex's signature).
-local function char_col(line, encoding, byte)
-  if encoding == "utf-8" then
-    return byte
-  end
-  if has_011 then
-    return vim.str_utfindex(line, encoding, byte, false)
-  end
-  local utf32, utf16 = vim.str_utfindex(line, byte)
-  return encoding == "utf-16" and utf16 or utf32
-end
-
--- The reverse, for the server's range.
-local function byte_col(line, encoding, index)
-  if encoding == "utf-8" then
-    return math.min(index, #line)
-  end
-  if has_011 then
-    return vim.str_byteindex(line, encoding, index, false)
-  end
-  local ok, col = pcall(vim.str_byteindex, line, index, encoding == "utf-16")
-  return ok and col or #line
-end
 
 local function line_at(bufnr, row)
   return vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
@@ -175,7 +151,7 @@ local function on_result(draft, err, result)
   if type(range) == "table" and range["end"] then
     local encoding = draft.client.offset_encoding or "utf-16"
     draft.end_row = range["end"].line
-    draft.end_col = byte_col(line_at(draft.bufnr, draft.end_row), encoding, range["end"].character)
+    draft.end_col = compat.byte_col(line_at(draft.bufnr, draft.end_row), encoding, range["end"].character)
   end
   draft.text = text
   draw(draft, text)
@@ -236,7 +212,7 @@ function M.start(range)
     col = #line
     argument.range = {
       start = { line = range[1] - 1, character = 0 },
-      ["end"] = { line = row, character = char_col(line, encoding, col) },
+      ["end"] = { line = row, character = compat.char_col(line, encoding, col) },
     }
   else
     local cursor = vim.api.nvim_win_get_cursor(0)
@@ -246,19 +222,29 @@ function M.start(range)
       -- Normal mode: the cursor is on a character; draft after it, as `a` would insert.
       col = col + #vim.fn.strcharpart(line:sub(col + 1), 0, 1)
     end
-    argument.position = { line = row, character = char_col(line, encoding, col) }
+    argument.position = { line = row, character = compat.char_col(line, encoding, col) }
   end
   ---@type dglsp.Draft
   local draft = {
-    bufnr = bufnr, client = client, row = row, col = col, end_row = row, end_col = col,
+    bufnr = bufnr,
+    client = client,
+    row = row,
+    col = col,
+    end_row = row,
+    end_col = col,
     tick = vim.api.nvim_buf_get_changedtick(bufnr),
   }
   current = draft
   watch(draft)
-  local ok, id = lsp.request(client, "workspace/executeCommand", { command = "dglsp.draft", arguments = { argument } },
+  local ok, id = lsp.request(
+    client,
+    "workspace/executeCommand",
+    { command = "dglsp.draft", arguments = { argument } },
     function(err, result)
       on_result(draft, err, result)
-    end, bufnr)
+    end,
+    bufnr
+  )
   if not ok then
     finish(draft)
     return false
@@ -274,8 +260,14 @@ function M.inspect()
   if not draft then
     return nil
   end
-  return { drafting = draft.text == nil, text = draft.text, row = draft.row, col = draft.col, token = draft.token,
-           request_id = draft.request_id }
+  return {
+    drafting = draft.text == nil,
+    text = draft.text,
+    row = draft.row,
+    col = draft.col,
+    token = draft.token,
+    request_id = draft.request_id,
+  }
 end
 
 local previous_handler

@@ -18,7 +18,10 @@ function M.check()
   health.start("dglsp: server")
   local exe = config.cmd[1]
   if vim.fn.executable(exe) ~= 1 then
-    health.error(("%s is not executable"):format(exe), { "pip install dglsp, or set cmd = { python, '-m', 'dglsp', 'serve' }" })
+    health.error(
+      ("%s is not executable"):format(exe),
+      { "pip install dglsp, or set cmd = { python, '-m', 'dglsp', 'serve' }" }
+    )
     return
   end
   health.ok(("executable: %s"):format(vim.fn.exepath(exe)))
@@ -26,14 +29,23 @@ function M.check()
   if not client then
     -- Not started yet: at least check that the command runs.
     local command = vim.list_extend(vim.deepcopy(config.cmd), { "--help" })
-    local ok, result = pcall(function() return vim.system(command, { text = true }):wait(30000) end)
+    local ok, result = pcall(function()
+      return vim.system(command, { text = true }):wait(30000)
+    end)
     if ok and result.code == 0 then
       health.ok(("`%s --help` runs"):format(table.concat(config.cmd, " ")))
     else
-      health.error(("`%s --help` failed: %s"):format(table.concat(config.cmd, " "),
-        ok and vim.trim(result.stderr or "") or tostring(result)))
+      health.error(
+        ("`%s --help` failed: %s"):format(
+          table.concat(config.cmd, " "),
+          ok and vim.trim(result.stderr or "") or tostring(result)
+        )
+      )
     end
-    health.warn("server not running", { "open a file of a configured filetype: " .. table.concat(config.filetypes, ", ") })
+    health.warn(
+      "server not running",
+      { "open a file of a configured filetype: " .. table.concat(config.filetypes, ", ") }
+    )
     return
   end
   health.ok(("server running (client id %d)"):format(client.id))
@@ -52,7 +64,10 @@ function M.check()
   if tostring(status.device):match("^cuda") then
     health.ok("device: " .. tostring(status.device))
   else
-    health.warn("device: " .. tostring(status.device), { "suggestions are slow without a GPU; --device cuda if you have one" })
+    health.warn(
+      "device: " .. tostring(status.device),
+      { "suggestions are slow without a GPU; --device cuda if you have one" }
+    )
   end
 end
 

@@ -39,7 +39,6 @@ function M.setup(opts)
   draft.setup() -- `$/progress` handler: draws a draft as it grows (`:DglspDraft`)
   canvas.setup() -- draws `dglsp/canvas` notifications when the server's latency.live_canvas is on
   lsp.setup(resolved, inline.attach)
-  require("dglsp.canvas").setup() -- live canvas (server setting latency.live_canvas)
 end
 
 --- Turn automatic suggestions on or off (`:DglspToggle`).
@@ -60,8 +59,14 @@ local function format_status(status, stats)
   if stats.last_latency_ms then
     table.insert(parts, ("%.0f ms (round trip)"):format(stats.last_latency_ms))
   end
-  table.insert(parts, ("suggestions %s; %d requests, %d cancelled"):format(
-    inline.enabled and "on" or "off", stats.requests, stats.cancelled))
+  table.insert(
+    parts,
+    ("suggestions %s; %d requests, %d cancelled"):format(
+      inline.enabled and "on" or "off",
+      stats.requests,
+      stats.cancelled
+    )
+  )
   return table.concat(parts, " | ")
 end
 

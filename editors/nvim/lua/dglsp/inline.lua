@@ -6,6 +6,7 @@
 --- shown. On Neovim >= 0.12 (`use_builtin`) it enables `vim.lsp.inline_completion` instead and
 --- only maps the keys onto it. Accept/partial accept/cycle/dismiss return false when there is
 --- nothing to act on, so the keymaps can fall back to what the key did before.
+local compat = require("dglsp.compat")
 local ghost = require("dglsp.ghost")
 local lsp = require("dglsp.lsp")
 
@@ -78,18 +79,6 @@ local function show(bufnr)
   end
 end
 
--- A column in the server's encoding -> a byte column (0.11 changed vim.str_byteindex's signature).
-local function byte_col(line, encoding, index)
-  if encoding == "utf-8" then
-    return math.min(index, #line)
-  end
-  if vim.fn.has("nvim-0.11") == 1 then
-    return vim.str_byteindex(line, encoding, index, false)
-  end
-  local ok, col = pcall(vim.str_byteindex, line, index, encoding == "utf-16")
-  return ok and col or #line
-end
-
 --- The text an item adds at the cursor: `insertText` minus what is already typed in its range.
 local function text_after_cursor(bufnr, item, row, col, encoding)
   local text = item.insertText
@@ -105,7 +94,7 @@ local function text_after_cursor(bufnr, item, row, col, encoding)
       return nil
     end
     local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
-    local start_col = byte_col(line, encoding, start.character)
+    local start_col = compat.byte_col(line, encoding, start.character)
     local typed = line:sub(start_col + 1, col)
     if text:sub(1, #typed) ~= typed then
       return nil
@@ -163,8 +152,10 @@ function M.request(bufnr)
   local st = state(bufnr)
   cancel_inflight(st)
   local client = lsp.client(bufnr)
-  if M.held[bufnr] or not (M.enabled and client and vim.api.nvim_get_current_buf() == bufnr
-      and vim.fn.mode():match("^i")) then
+  if
+    M.held[bufnr]
+    or not (M.enabled and client and vim.api.nvim_get_current_buf() == bufnr and vim.fn.mode():match("^i"))
+  then
     return
   end
   local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
@@ -187,11 +178,15 @@ local function schedule(bufnr)
   local st = state(bufnr)
   st.timer = st.timer or vim.uv.new_timer()
   st.timer:stop()
-  st.timer:start(M.debounce_ms, 0, vim.schedule_wrap(function()
-    if vim.api.nvim_buf_is_valid(bufnr) then
-      M.request(bufnr)
-    end
-  end))
+  st.timer:start(
+    M.debounce_ms,
+    0,
+    vim.schedule_wrap(function()
+      if vim.api.nvim_buf_is_valid(bufnr) then
+        M.request(bufnr)
+      end
+    end)
+  )
 end
 
 local function on_edit(bufnr)
@@ -259,7 +254,13 @@ local function line_part(text)
   return text:match("^\n[^\n]*") or text:match("^[^\n]+")
 end
 
-M.parts = { all = function(text) return text end, word = word_part, line = line_part }
+M.parts = {
+  all = function(text)
+    return text
+  end,
+  word = word_part,
+  line = line_part,
+}
 
 local function insert_at_cursor(bufnr, text)
   local row, col = cursor()
@@ -309,8 +310,13 @@ function M.accept(kind)
   elseif item.command and item.client then
     -- The item's command (dglsp.accepted) lets the server precompute the next suggestion.
     -- Only for a whole item: after a partial accept the buffer no longer matches its arguments.
-    lsp.request(item.client, "workspace/executeCommand",
-      { command = item.command.command, arguments = item.command.arguments }, function() end, bufnr)
+    lsp.request(
+      item.client,
+      "workspace/executeCommand",
+      { command = item.command.command, arguments = item.command.arguments },
+      function() end,
+      bufnr
+    )
   end
   return true
 end
@@ -360,7 +366,9 @@ end
 --- What is shown in `bufnr` and the suggestions behind it (for tests and :DglspStatus).
 function M.inspect(bufnr)
   local st = buffers[bufnr or vim.api.nvim_get_current_buf()]
-  local texts = vim.tbl_map(function(item) return item.text end, st and st.items or {})
+  local texts = vim.tbl_map(function(item)
+    return item.text
+  end, st and st.items or {})
   return { items = texts, index = st and st.index or 0, inflight = st and st.request_id or nil }
 end
 

@@ -15,23 +15,51 @@ local DESC = "dglsp: "
 -- action -> mode -> function returning false when there was nothing to act on.
 local actions = {
   accept = {
-    i = function() return draft.accept() or inline.accept("all") end,
-    n = function() return draft.accept() end,
+    i = function()
+      return draft.accept() or inline.accept("all")
+    end,
+    n = function()
+      return draft.accept()
+    end,
   },
-  accept_word = { i = function() return inline.accept("word") end },
-  accept_line = { i = function() return inline.accept("line") end },
+  accept_word = {
+    i = function()
+      return inline.accept("word")
+    end,
+  },
+  accept_line = {
+    i = function()
+      return inline.accept("line")
+    end,
+  },
   dismiss = {
-    i = function() return draft.dismiss() or inline.dismiss() end,
-    n = function() return draft.dismiss() end,
+    i = function()
+      return draft.dismiss() or inline.dismiss()
+    end,
+    n = function()
+      return draft.dismiss()
+    end,
   },
-  next = { i = function() return inline.cycle(1) end },
-  prev = { i = function() return inline.cycle(-1) end },
+  next = {
+    i = function()
+      return inline.cycle(1)
+    end,
+  },
+  prev = {
+    i = function()
+      return inline.cycle(-1)
+    end,
+  },
 }
 
 -- The draft key: insert and normal mode draft at the cursor, visual mode after the selection.
 local draft_rhs = {
-  i = function() draft.start() end,
-  n = function() draft.start() end,
+  i = function()
+    draft.start()
+  end,
+  n = function()
+    draft.start()
+  end,
   x = ":DglspDraft<CR>",
 }
 
@@ -78,8 +106,10 @@ local function map_draft_key(lhs)
       table.insert(replaced, { mode, lhs, {} })
       vim.keymap.set(mode, lhs, rhs, { desc = DESC .. "draft", silent = true })
     else
-      vim.notify(("dglsp: %s is already mapped in mode %s; keys.draft left unmapped there"):format(lhs, mode),
-        vim.log.levels.WARN)
+      vim.notify(
+        ("dglsp: %s is already mapped in mode %s; keys.draft left unmapped there"):format(lhs, mode),
+        vim.log.levels.WARN
+      )
     end
   end
 end

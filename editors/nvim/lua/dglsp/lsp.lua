@@ -3,6 +3,8 @@
 --- Settings go to the server as `initializationOptions` and, when `setup()` runs again, as
 --- `workspace/didChangeConfiguration`. The client advertises `textDocument.inlineCompletion`
 --- so that the server answers inline completions (and not `textDocument/completion`).
+local compat = require("dglsp.compat")
+
 local M = {}
 
 M.name = "dglsp"
@@ -25,35 +27,16 @@ function M.capabilities()
   return capabilities
 end
 
--- 0.11 made client methods colon calls (0.10 takes `client.request(...)`); one place knows both.
-local has_011 = vim.fn.has("nvim-0.11") == 1
-
 function M.request(client, method, params, handler, bufnr)
-  if has_011 then
-    return client:request(method, params, handler, bufnr)
-  end
-  return client.request(method, params, handler, bufnr)
+  return compat.call(client, "request", method, params, handler, bufnr)
 end
 
 function M.cancel(client, request_id)
-  if has_011 then
-    return client:cancel_request(request_id)
-  end
-  return client.cancel_request(request_id)
+  return compat.call(client, "cancel_request", request_id)
 end
 
 function M.notify(client, method, params)
-  if has_011 then
-    return client:notify(method, params)
-  end
-  return client.notify(method, params)
-end
-
-local function is_stopped(client)
-  if has_011 then
-    return client:is_stopped()
-  end
-  return client.is_stopped()
+  return compat.call(client, "notify", method, params)
 end
 
 --- Start the server (or reuse the running one) for `bufnr`.
@@ -76,7 +59,7 @@ function M.attach(bufnr, config, on_attach)
     bufnr = bufnr,
     -- The model is loaded once: every buffer, whatever its root, shares the one server.
     reuse_client = function(client, client_config)
-      return client.name == client_config.name and not is_stopped(client)
+      return client.name == client_config.name and not compat.call(client, "is_stopped")
     end,
   })
 end
@@ -121,12 +104,7 @@ function M.status_sync(timeout_ms)
   if not client then
     return nil, "not running"
   end
-  local response, err
-  if has_011 then
-    response, err = client:request_sync("dglsp/status", {}, timeout_ms)
-  else
-    response, err = client.request_sync("dglsp/status", {}, timeout_ms)
-  end
+  local response, err = compat.call(client, "request_sync", "dglsp/status", {}, timeout_ms)
   if not response then
     return nil, err or "no answer"
   end
