@@ -44,9 +44,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="extra request header, repeatable (e.g. a sticky-routing key; {document} becomes "
                         "a hash of the document URI)")
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--canvas-length", type=int, help="tokens per canvas (default 32)")
+    sampling.add_argument("--canvas-length", type=int, help="tokens per canvas (default: 32 for ghost text, the "
+                          "model's own for drafts)")
     sampling.add_argument("--steps", type=int,
                           help="maximum denoising steps per canvas (default: the model's, 8 for the embedded one)")
+    sampling.add_argument("--decoding", choices=("diffusion", "verified"),
+                          help="diffusion: the canvas as denoised; verified: each canvas checked by the causal "
+                          "encoder (exactly greedy token-by-token text) (default: the model's)")
+    sampling.add_argument("--min-confidence", type=float,
+                          help="hide suggestions whose tokens the model finds less probable than this (0..1)")
     sampling.add_argument("--max-canvases", type=int, help="canvases chained per completion (default 1)")
     sampling.add_argument("--seed", type=int, help="fixed sampling seed (reproducible suggestions)")
     sampling.add_argument("--settings", help="JSON object of settings, in the editor's shape, e.g. "
@@ -70,8 +76,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                        ("max_canvases", args.max_canvases), ("seed", args.seed)):
         if value is not None:
             sampler[key] = value
+    if args.decoding is not None:
+        sampler["verify"] = args.decoding == "verified"
+    if args.min_confidence is not None:
+        options.setdefault("postprocess", {})["min_confidence"] = args.min_confidence
+    draft = options.setdefault("draft", {})
     if getattr(args, "max_tokens", None) is not None:
-        options.setdefault("draft", {})["max_tokens"] = args.max_tokens
+        draft["max_tokens"] = args.max_tokens
+    if getattr(args, "command", None) == "draft":  # a draft's canvas and steps are its own settings
+        draft.update({key: sampler[key] for key in ("canvas_length", "max_steps") if key in sampler})
     settings, warnings = Settings().updated(options)
     if warnings:
         raise SystemExit("dglsp: " + "; ".join(warnings))
@@ -195,13 +208,19 @@ def cmd_complete(args: argparse.Namespace) -> int:
             "forward_passes": stats.forward_passes, "tokens_per_forward": stats.tokens_per_forward,
             "postprocess_ms": suggestion.postprocess_ms, "total_ms": suggestion.total_ms,
             "canvases": stats.canvases, "generated_tokens": stats.generated_tokens,
+            "confidence": suggestion.confidence, "hidden_by_gate": suggestion.gated,
+            "verifications": stats.verifications, "accepted_per_verification": stats.accepted_per_verification,
             "first_commit_ms": (commits[0] - start) * 1000 if commits else None,
         }, indent=2))
         return 0
     before = context.prefix.rsplit("\n", 1)[-1]
     print(f"# {path}:{line}:{column}  model {bundle.path.name} on {bundle.device} (loaded in {load_s:.1f} s)")
     print(f"# cursor line: {before!r} | {context.suffix.split(chr(10), 1)[0]!r}")
-    if suggestion.text is None:
+    if suggestion.gated:
+        print(f"# no suggestion: confidence {suggestion.confidence:.3f} is below the gate "
+              f"(postprocess.min_confidence {completer.min_confidence(settings.postprocess):.3f})")
+        print(f"# raw output: {suggestion.raw!r}")
+    elif suggestion.text is None:
         print("# no suggestion (the model produced nothing worth showing)")
         print(f"# raw output: {suggestion.raw!r}")
     else:
@@ -287,6 +306,8 @@ def _tool(command: str):
     def run(args: argparse.Namespace) -> int:
         if command == "train":
             from dglsp.tools.train import run as tool
+        elif command == "eval" and args.plot_gate:
+            from dglsp.tools.gate import run as tool
         elif command == "eval" and args.repo is not None:
             from dglsp.tools.eval_repo import run as tool
         elif command == "eval":

@@ -30,6 +30,16 @@ class SamplerSettings:
     confidence_threshold: float = 0.005
     max_canvases: int = 1  # >1 chains canvases block-autoregressively (drafting)
     seed: int | None = None  # fixed seed for reproducible suggestions
+    # Our stop rule beside DiffusionGemma's (whose mean-entropy bound a small model never reaches): the canvas
+    # is done once its argmax up to and including the first EOS has not changed for `settle_steps` steps
+    # (the tail after EOS is never shown). 0 = off; None = the model's own (its dglsp.json; off for others).
+    settle_steps: int | None = None
+    # Verified decoding: each canvas is a draft that one causal encoder pass checks; the longest prefix the
+    # encoder's greedy predictions agree with is kept, plus the encoder's own token at the first disagreement.
+    # The text is then exactly greedy token-by-token decoding, at fewer forward passes when drafts are good.
+    # None = the model's own choice (its dglsp.json; plain diffusion for models we did not train).
+    verify: bool | None = None
+    verify_steps: int = 0  # denoising steps per draft when verifying (0: the model's, else max_steps)
 
     def validate(self) -> None:
         _require(1 <= self.canvas_length <= 1024, "canvas_length must be in 1..1024")
@@ -39,6 +49,8 @@ class SamplerSettings:
         _require(self.stability_threshold >= 0, "stability_threshold must be >= 0")
         _require(self.confidence_threshold > 0, "confidence_threshold must be > 0")
         _require(1 <= self.max_canvases <= 64, "max_canvases must be in 1..64")
+        _require(self.settle_steps is None or 0 <= self.settle_steps <= 64, "settle_steps must be in 0..64")
+        _require(0 <= self.verify_steps <= 512, "verify_steps must be in 0..512")
 
 
 @dataclass(frozen=True)
@@ -90,9 +102,14 @@ class PostprocessSettings:
     # Hide a suggestion that leaves more syntax errors than the empty gap (tree-sitter): token soup from a
     # weak model never reaches the screen. Editor tests with random weights turn it off to see suggestions.
     hide_unparsable: bool = True
+    # Hide a suggestion whose tokens the model found less probable than this (the geometric mean probability
+    # of the shown tokens, see completion/confidence.py). 0 shows everything; None = the model's own calibrated
+    # threshold (its dglsp.json), else 0.
+    min_confidence: float | None = None
 
     def validate(self) -> None:
         _require(1 <= self.max_lines <= 1000, "max_lines must be in 1..1000")
+        _require(self.min_confidence is None or 0.0 <= self.min_confidence <= 1.0, "min_confidence must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -101,9 +118,15 @@ class DraftSettings:
 
     max_tokens: int = 384
     max_lines: int = 200  # post-processing cap for drafts (autocomplete uses postprocess.max_lines)
+    # A draft is long and explicit: it takes the model's own canvas (256 tokens for the 26B, which it was trained
+    # at; 32 for the embedded model) and its own step count (0: the model's), not the ghost text's short canvas.
+    canvas_length: int = 0
+    max_steps: int = 0
 
     def validate(self) -> None:
         _require(1 <= self.max_tokens <= 8192, "max_tokens must be in 1..8192")
+        _require(0 <= self.canvas_length <= 1024, "canvas_length must be in 0..1024 (0: the model's)")
+        _require(0 <= self.max_steps <= 512, "max_steps must be in 0..512 (0: the model's)")
         _require(1 <= self.max_lines <= 10000, "max_lines must be in 1..10000")
 
 

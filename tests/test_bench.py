@@ -82,3 +82,4 @@ def test_bench_smoke_run_reports_every_metric(tmp_path, tiny_model_dir, tiny_tok
     assert result["forward_passes_shown"] + result["forward_passes_empty"] + result["forward_passes_wasted"] > 0
     assert result["prefix_cache_hit_rate"] is not None and result["server_rss_mb"] > 0
     assert result["side_by_side"]["ar_fp"] >= 1 and result["side_by_side"]["diffusion_fp"] >= 1
+    assert result["side_by_side"]["verified_fp"] >= 2 and result["side_by_side"]["verified_accepted"] >= 1

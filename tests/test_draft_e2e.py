@@ -11,8 +11,8 @@ from test_server_e2e import SOURCE, URI, inline_params, open_document, start
 pytestmark = pytest.mark.e2e
 
 # One canvas of 128 tokens at 512 steps takes seconds even on a quiet machine: the cancel lands mid-canvas.
-SLOW = {"sampler": {"canvas_length": 128, "max_steps": 512, "confidence_threshold": 1e-9},
-        "draft": {"max_tokens": 4096}}
+SLOW = {"sampler": {"confidence_threshold": 1e-9},
+        "draft": {"max_tokens": 4096, "canvas_length": 128, "max_steps": 512}}
 
 
 async def wait_for_draft_progress(client) -> str:
@@ -100,7 +100,7 @@ async def test_progress_cancel_button_stops_the_draft(tiny_model_dir):
 
 
 async def test_invoked_inline_completion_drafts_across_canvases(tiny_model_dir):
-    client = await start(tiny_model_dir, {"sampler": {"seed": 5, "max_steps": 4}, "draft": {"max_tokens": 64}})
+    client = await start(tiny_model_dir, {"sampler": {"seed": 5}, "draft": {"max_tokens": 64, "max_steps": 4}})
     open_document(client, SOURCE)
     params = inline_params(2, 11)
     params.context.trigger_kind = types.InlineCompletionTriggerKind.Invoked

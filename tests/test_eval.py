@@ -72,14 +72,19 @@ def test_limit_spreads_problems_over_the_benchmark():
     assert len(tasks) == 4  # four different HumanEval tasks, not four holes in the first one
 
 
-def test_eval_command_runs_both_decodings_on_a_real_model(tiny_model_dir, tmp_path, capsys):
+def test_eval_command_runs_the_three_decodings_on_a_real_model(tiny_model_dir, tmp_path, capsys):
     model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
     code = cli_main(["eval", "--model", str(model_dir), "--limit", "2", "--json", "--threads", "1",
-                               "--max-steps", "4", "--record"])
+                     "--max-steps", "4", "--verify-steps", "1", "--record"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     rows = {(r["decoding"], r["benchmark"]): r for r in result["rows"]}
-    assert set(rows) == {(d, b) for d in ("diffusion", "autoregressive") for b in ("single-line", "multi-line")}
+    decodings = ("diffusion", "autoregressive", "verified")
+    assert set(rows) == {(d, b) for d in decodings for b in ("single-line", "multi-line")}
+    for benchmark in ("single-line", "multi-line"):  # verified decoding is greedy decoding: the same outcome
+        assert rows[("verified", benchmark)]["pass_at_1"] == rows[("autoregressive", benchmark)]["pass_at_1"]
+        assert rows[("verified", benchmark)]["accepted_per_verification"] >= 1
+        assert rows[("verified", benchmark)]["steps_per_canvas"] <= 1
     for row in rows.values():
         assert row["problems"] == 2
         assert 0.0 <= row["pass_at_1"] <= 1.0
@@ -95,7 +100,7 @@ def test_saved_outputs_are_scored_again_without_a_model(tiny_model_dir, tmp_path
     assert cli_main(["eval", "--model", str(tiny_model_dir), *common, "--threads", "1", "--max-steps", "2",
                                "--no-latency", "--save-outputs", str(outputs)]) == 0
     ran = json.loads(capsys.readouterr().out)
-    assert len(outputs.read_text().splitlines()) == 4  # 2 problems x 2 decodings
+    assert len(outputs.read_text().splitlines()) == 6  # 2 problems x 3 decodings
     assert cli_main(["eval", *common, "--rescore", str(outputs)]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == ran["rows"]
 

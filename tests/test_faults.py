@@ -22,7 +22,7 @@ from lsp_raw import QUICK_SAMPLER, RawServer
 from safetensors.torch import load_file, save_file
 
 from dglsp.completion.completer import Completer
-from dglsp.completion.scheduler import Cancelled, Scheduler, WorkerCrashed
+from dglsp.completion.scheduler import Cancelled, JobKey, Scheduler, WorkerCrashed
 from dglsp.config import EngineSettings, SamplerSettings, ServeSettings, Settings
 from dglsp.errors import DeviceOutOfMemoryError, ModelLoadError
 from dglsp.lsp.server import _client_options
@@ -149,11 +149,12 @@ def test_out_of_memory_at_every_size_is_reported_and_the_worker_lives_on(complet
         handle = completer.bundle.model.register_forward_pre_hook(oom_hook(canvases, 1), with_kwargs=True)
         try:
             with pytest.raises(DeviceOutOfMemoryError, match="out of memory.*canvas_length"):
-                await scheduler.submit("doc", 1, lambda job: completer.complete(context, settings, job.should_stop))
+                await scheduler.submit(JobKey("doc"), 1,
+                                       lambda job: completer.complete(context, settings, job.should_stop))
         finally:
             handle.remove()
         worker = scheduler._executor.thread
-        suggestion = await scheduler.submit("doc", 2, lambda job: completer.complete(context, settings))
+        suggestion = await scheduler.submit(JobKey("doc"), 2, lambda job: completer.complete(context, settings))
         assert suggestion.stats.steps >= 1
         assert scheduler._executor.thread is worker and scheduler._executor.restarts == 0
 
@@ -173,8 +174,8 @@ async def test_a_crashed_worker_thread_is_restarted_and_queued_jobs_still_run():
         release.wait(5)
         raise SystemExit("injected: the worker thread dies")
 
-    crashed = asyncio.ensure_future(scheduler.submit("a", 1, crash))
-    queued = asyncio.ensure_future(scheduler.submit("b", 1, lambda job: threading.current_thread().name))
+    crashed = asyncio.ensure_future(scheduler.submit(JobKey("a"), 1, crash))
+    queued = asyncio.ensure_future(scheduler.submit(JobKey("b"), 1, lambda job: threading.current_thread().name))
     await asyncio.sleep(0.1)
     first_thread = scheduler._executor.thread
     release.set()
@@ -183,7 +184,7 @@ async def test_a_crashed_worker_thread_is_restarted_and_queued_jobs_still_run():
     assert await asyncio.wait_for(queued, 10) != first_thread.name  # ran on the replacement thread
     first_thread.join(5)
     assert scheduler._executor.restarts == 1 and not first_thread.is_alive()
-    assert await scheduler.submit("c", 1, lambda job: 42) == 42
+    assert await scheduler.submit(JobKey("c"), 1, lambda job: 42) == 42
     scheduler.shutdown()
 
 
@@ -273,9 +274,9 @@ async def test_a_request_built_before_an_edit_is_stale_when_submitted():
     try:
         scheduler.document_changed("doc", 2)
         with pytest.raises(Cancelled, match="version 2"):
-            await scheduler.submit("doc", 1, lambda job: "stale")
-        assert await scheduler.submit("doc", 2, lambda job: "fresh") == "fresh"
+            await scheduler.submit(JobKey("doc"), 1, lambda job: "stale")
+        assert await scheduler.submit(JobKey("doc"), 2, lambda job: "fresh") == "fresh"
         scheduler.forget("doc")  # closed and reopened: versions start over
-        assert await scheduler.submit("doc", 1, lambda job: "reopened") == "reopened"
+        assert await scheduler.submit(JobKey("doc"), 1, lambda job: "reopened") == "reopened"
     finally:
         scheduler.shutdown()

@@ -28,7 +28,7 @@ SAMPLE = "def add(a, b):\n    total = a + b\n\nprint(add(1, 2))\n"
 # flight long enough to be typed over on any machine; typing-through and speculation off so that
 # every keystroke really asks the model. Drafts: up to 4 canvases of 16 tokens.
 SETTINGS = {
-    "draft": {"max_tokens": 64},
+    "draft": {"max_tokens": 64, "max_steps": 12},
     "sampler": {"seed": 1, "canvas_length": 16, "max_steps": 12, "confidence_threshold": 1e-9},
     "scheduler": {"debounce_ms": 150},
     "latency": {"typing_through": False, "speculative": False},

@@ -48,7 +48,8 @@ def _type_along(anchors: PrefixAnchors, text: str, offset: int, typed: str, sett
     prefixes = []
     for i in range(1, len(typed) + 1):
         doc = text[:offset] + typed[:i] + text[offset:]
-        prefix, suffix = anchors.windows("file:///a.py", doc, offset + i, settings)
+        prefix, suffix, ids = anchors.windows("file:///a.py", doc, offset + i, settings)
+        assert list(ids) == anchors.tokenizer.encode(prefix, add_special_tokens=False)
         assert doc[:offset + i].endswith(prefix) and doc[offset + i:].startswith(suffix)
         prefixes.append(prefix)
     return prefixes
@@ -81,7 +82,7 @@ def test_sticky_prefix_moves_when_the_slack_is_used_up_or_the_text_above_changes
     assert len({p.split("\n", 1)[0] for p in prefixes}) > 1
     # A line inserted above the window shifts the anchor's offset: the window is recomputed, never stale.
     edited = "import os\n" + text
-    prefix, _ = anchors.windows("file:///a.py", edited, offset + 10, settings)
+    prefix, _, _ = anchors.windows("file:///a.py", edited, offset + 10, settings)
     assert edited[:offset + 10].endswith(prefix) and _count(tiny_tokenizer, prefix) <= 60
     # A short document is never cut, anchored or not.
     short = "def f(x):\n    return x\n"
@@ -99,3 +100,47 @@ def test_fim_prompt_puts_suffix_before_prefix_so_typing_only_appends(tiny_tokeni
     assert common >= len(before) - 3  # only the tokens at the cursor differ
     decoded = tiny_tokenizer.decode(before)
     assert decoded.index("print(f(2))") < decoded.index("def f(x)")
+
+
+def test_a_prompt_reuses_the_prefix_ids_the_window_cut_gave_it(tiny_tokenizer):
+    fmt = PromptFormat.for_model({"prompt_format": fim_format_spec()}, tiny_tokenizer)
+    settings = ContextSettings(max_prefix_tokens=120, max_suffix_tokens=32)
+    text = "".join(f"value_{i} = compute({i})\n" for i in range(400))
+    anchors = PrefixAnchors(tiny_tokenizer)
+    prefix, suffix, ids = anchors.windows("file:///a.py", text, len(text) // 2, settings)
+    builder = PromptBuilder(tiny_tokenizer, fmt, settings)
+    reused = builder.build(CursorContext(prefix, suffix, "a.py", prefix_ids=ids))
+    fresh = builder.build(CursorContext(prefix, suffix, "a.py"))
+    assert reused.ids == fresh.ids
+    calls: list[str] = []
+    counting = tiny_tokenizer.encode
+
+    def encode(text, *args, **kwargs):
+        calls.append(text)
+        return counting(text, *args, **kwargs)
+
+    tiny_tokenizer.encode = encode
+    try:
+        builder.build(CursorContext(prefix, suffix, "a.py", prefix_ids=ids))
+    finally:
+        del tiny_tokenizer.encode
+    assert prefix not in calls  # the prefix was not tokenized again
+
+
+def test_a_prefix_cut_inside_a_function_keeps_its_signature_and_docstring(tiny_tokenizer):
+    body = "".join(f"        total += weight_{i} * values[{i}]\n" for i in range(120))
+    source = ('import os\n\n\nclass Scale:\n    def weighted(self, values):\n        """Weight the values.\n\n'
+              '        Returns their sum.\n        """\n        total = 0\n' + body + "        return ")
+    fmt = PromptFormat.for_model({"prompt_format": fim_format_spec()}, tiny_tokenizer)
+    settings = ContextSettings(max_prefix_tokens=200, max_suffix_tokens=16)
+    prompt = PromptBuilder(tiny_tokenizer, fmt, settings).build(CursorContext(source, "\n", "scale.py"))
+    kept = prompt.context.prefix
+    assert kept.startswith('    def weighted(self, values):\n        """Weight the values.\n\n'
+                           '        Returns their sum.\n        """\n')
+    assert kept.endswith("        return ") and "total = 0" not in kept  # the middle of the body was cut
+    assert len(tiny_tokenizer.encode(kept, add_special_tokens=False)) <= 200
+    anchors = PrefixAnchors(tiny_tokenizer)
+    prefix, _, ids = anchors.windows("file:///scale.py", source + "\n", len(source), settings)
+    assert prefix.startswith("    def weighted(self, values):\n") and len(ids) <= 200
+    typed, _, _ = anchors.windows("file:///scale.py", source + "x\n", len(source) + 1, settings)
+    assert typed == prefix + "x"  # the header stays while typing: the prompt only appends

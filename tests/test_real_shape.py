@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from lsprotocol import types
 from remote_standin import StandIn
+from scripted import ScriptedModel
 from test_draft_e2e import record_edits
 from test_server_e2e import capabilities, inline_params
 
@@ -23,14 +24,14 @@ from dglsp.completion.completer import Completer
 from dglsp.completion.prompt import CursorContext
 from dglsp.config import EngineSettings, SamplerSettings, Settings
 from dglsp.errors import ModelLoadError
-from dglsp.model.backend import Generation, GenerationStats
 from dglsp.model.engine import Engine
 from dglsp.model.loading import load_bundle
 from dglsp.model.remote import load_remote, prompt_round_trips, render_prompt
 from dglsp.tools.modelzoo import GEMMA4_EOS_IDS, GEMMA4_SPECIAL_IDS
 
 SOURCE = "def add(a, b):\n    total = a + b\n    return \n\nprint(add(1, 2))\n"
-FAST = {"sampler": {"max_steps": 2, "canvas_length": 16}}
+FAST = {"sampler": {"max_steps": 2, "canvas_length": 16},
+        "draft": {"max_steps": 2, "canvas_length": 16, "max_tokens": 32}}
 TURN, END_OF_TURN, CHANNEL, CHANNEL_END = (GEMMA4_SPECIAL_IDS[t] for t in ("<|turn>", "<turn|>", "<|channel>",
                                                                            "<channel|>"))
 
@@ -114,27 +115,6 @@ def test_a_missing_chat_template_is_a_clear_error_naming_the_file(hub_model_dir,
     done = run_cli("complete", f"{source_file}:3:12", "--model", str(broken), "--no-warmup")
     assert done.returncode != 0
     assert "chat_template.jinja" in done.stderr and "Traceback" not in done.stderr
-
-
-class ScriptedModel:
-    """A backend whose output is scripted: the model layer replaced, everything above it real."""
-
-    def __init__(self, token_ids: list[int]):
-        self.token_ids, self.device, self.prefix_cache = token_ids, "scripted", None
-        self.default_canvas_length, self.default_steps = 32, 2
-
-    def generate(self, prompt_ids, sampler, should_stop=lambda: False, on_canvas=None, deadline=None,
-                 cache_key=None) -> Generation:
-        return Generation(list(self.token_ids), True, GenerationStats(steps=1, generated_tokens=len(self.token_ids)))
-
-    def take_notices(self):
-        return []
-
-    def prompt_mismatch(self, prompt_ids):
-        return None
-
-    def close(self):
-        pass
 
 
 def test_thought_channel_text_never_reaches_the_editor(bundle):

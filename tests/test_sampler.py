@@ -50,6 +50,29 @@ def test_matches_transformers_generate_token_for_token(engine, seed, steps):
     assert ours.stats.steps >= 1
 
 
+def test_a_canvas_settled_up_to_its_eos_stops_early():
+    target = [3, 4, 1, 7, 8]  # EOS (1) at index 2: what follows it never matters
+    settings = SamplerSettings(canvas_length=5, max_steps=24, settle_steps=2, confidence_threshold=1e-9)
+    result = denoise_canvas(scripted_denoiser(target, 5.0), settings, VOCAB, torch.device("cpu"),
+                            generator=torch.Generator().manual_seed(0), eos_ids=frozenset({1}))
+    assert result.converged and result.steps == 3  # the same head three steps running: settled for 2
+    assert result.tokens[0].tolist()[:3] == [3, 4, 1]
+    off = denoise_canvas(scripted_denoiser(target, 5.0), SamplerSettings(canvas_length=5, max_steps=24, settle_steps=0,
+                                                                    confidence_threshold=1e-9),
+                         VOCAB, torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+                         eos_ids=frozenset({1}))
+    assert off.steps == 24
+
+
+def test_fixed_positions_hold_their_token_throughout():
+    seen: list[list[int]] = []
+    result = denoise_canvas(scripted_denoiser([5, 5, 5, 5]), SamplerSettings(canvas_length=4, max_steps=3),
+                            VOCAB, torch.device("cpu"), generator=torch.Generator().manual_seed(0), fixed=[9],
+                            on_step=lambda step, canvas: seen.append(canvas[0].tolist()))
+    assert result.tokens[0].tolist() == [9, 5, 5, 5]
+    assert all(canvas[0] == 9 for canvas in seen)
+
+
 def test_same_seed_same_tokens_other_seed_differs(engine):
     prompt = engine.bundle.tokenizer.encode("import os\n", add_special_tokens=False)
     first = engine.generate(prompt, SamplerSettings(canvas_length=16, max_steps=8, seed=3))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dglsp.completion.scheduler import Cancelled, Job, Scheduler
+from dglsp.completion.scheduler import Cancelled, Job, JobKey, Scheduler
 
 
 def blocking_work(started: threading.Event, steps: list[int]):
@@ -28,16 +28,16 @@ def blocking_work(started: threading.Event, steps: list[int]):
 
 async def test_result_is_returned():
     scheduler = Scheduler()
-    assert await scheduler.submit("a", 1, lambda job: 42) == 42
+    assert await scheduler.submit(JobKey("a"), 1, lambda job: 42) == 42
     scheduler.shutdown()
 
 
 async def test_new_request_supersedes_the_running_one():
     scheduler = Scheduler()
     started, steps = threading.Event(), []
-    first = asyncio.ensure_future(scheduler.submit("doc", 1, blocking_work(started, steps)))
+    first = asyncio.ensure_future(scheduler.submit(JobKey("doc"), 1, blocking_work(started, steps)))
     await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
-    second = asyncio.ensure_future(scheduler.submit("doc", 1, lambda job: "second"))
+    second = asyncio.ensure_future(scheduler.submit(JobKey("doc"), 1, lambda job: "second"))
     with pytest.raises(Cancelled, match="superseded"):
         await first
     assert await second == "second"
@@ -47,7 +47,8 @@ async def test_new_request_supersedes_the_running_one():
 
 async def test_other_documents_are_not_superseded():
     scheduler = Scheduler()
-    results = await asyncio.gather(scheduler.submit("a", 1, lambda job: "a"), scheduler.submit("b", 1, lambda job: "b"))
+    results = await asyncio.gather(scheduler.submit(JobKey("a"), 1, lambda job: "a"),
+                                   scheduler.submit(JobKey("b"), 1, lambda job: "b"))
     assert results == ["a", "b"]
     scheduler.shutdown()
 
@@ -55,9 +56,9 @@ async def test_other_documents_are_not_superseded():
 async def test_debounced_request_superseded_before_it_starts_never_runs():
     scheduler = Scheduler(debounce_ms=200)
     ran = []
-    first = asyncio.ensure_future(scheduler.submit("doc", 1, lambda job: ran.append("first")))
+    first = asyncio.ensure_future(scheduler.submit(JobKey("doc"), 1, lambda job: ran.append("first")))
     await asyncio.sleep(0.01)
-    second = asyncio.ensure_future(scheduler.submit("doc", 1, lambda job: ran.append("second") or "ok"))
+    second = asyncio.ensure_future(scheduler.submit(JobKey("doc"), 1, lambda job: ran.append("second") or "ok"))
     with pytest.raises(Cancelled):
         await first
     assert await second == "ok"
@@ -68,7 +69,7 @@ async def test_debounced_request_superseded_before_it_starts_never_runs():
 async def test_document_change_past_the_version_stops_the_job():
     scheduler = Scheduler()
     started, steps = threading.Event(), []
-    job = asyncio.ensure_future(scheduler.submit("doc", 3, blocking_work(started, steps)))
+    job = asyncio.ensure_future(scheduler.submit(JobKey("doc"), 3, blocking_work(started, steps)))
     await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
     scheduler.document_changed("doc", 3)  # same version: keeps running
     await asyncio.sleep(0.05)
@@ -82,13 +83,13 @@ async def test_document_change_past_the_version_stops_the_job():
 async def test_cancelling_the_awaiting_task_sets_the_stop_flag():
     scheduler = Scheduler()
     started, steps = threading.Event(), []
-    task = asyncio.ensure_future(scheduler.submit("doc", 1, blocking_work(started, steps)))
+    task = asyncio.ensure_future(scheduler.submit(JobKey("doc"), 1, blocking_work(started, steps)))
     await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     # The worker notices the flag and gives the device back to the next job.
-    assert await scheduler.submit("other", 1, lambda job: "next") == "next"
+    assert await scheduler.submit(JobKey("other"), 1, lambda job: "next") == "next"
     assert steps
     scheduler.shutdown()
 
@@ -103,9 +104,9 @@ async def test_a_real_request_preempts_background_work():
             time.sleep(0.005)
         return "speculative"
 
-    background = asyncio.ensure_future(scheduler.submit("a#speculative", 1, speculate, background=True))
+    background = asyncio.ensure_future(scheduler.submit(JobKey("a", "speculative"), 1, speculate, background=True))
     await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
-    result = await scheduler.submit("b", 1, lambda job: "real")
+    result = await scheduler.submit(JobKey("b"), 1, lambda job: "real")
     assert result == "real"
     with pytest.raises(Cancelled, match="preempted"):
         await background
@@ -116,9 +117,46 @@ async def test_did_change_does_not_stale_background_work():
     scheduler = Scheduler(debounce_ms=0)
     release = threading.Event()
     background = asyncio.ensure_future(
-        scheduler.submit("a#speculative", 1, lambda job: release.wait(5) and "kept", background=True))
+        scheduler.submit(JobKey("a", "speculative"), 1, lambda job: release.wait(5) and "kept", background=True))
     await asyncio.sleep(0.05)
     scheduler.document_changed("a", 2)
     release.set()
     assert await background == "kept"
+    scheduler.shutdown()
+
+
+async def test_kinds_of_one_document_do_not_supersede_each_other_and_a_held_job_stops_once():
+    scheduler = Scheduler(debounce_ms=0)
+    release = threading.Event()
+    draft_job = scheduler.new_job(JobKey("doc", "draft"), 1)
+    draft = asyncio.ensure_future(scheduler.submit(JobKey("doc", "draft"), 1, lambda job: release.wait(5) and "drafted",
+                                                   job=draft_job))
+    await asyncio.sleep(0.05)
+    completion = asyncio.ensure_future(scheduler.submit(JobKey("doc"), 1, lambda job: "completed"))
+    release.set()
+    assert await draft == "drafted" and await completion == "completed"
+    held = scheduler.new_job(JobKey("doc", "draft"), 1)
+    held.cancel("cancelled by the user")  # before it was ever queued: it never runs
+    ran: list[str] = []
+    with pytest.raises(Cancelled, match="cancelled by the user"):
+        await scheduler.submit(JobKey("doc", "draft"), 1, lambda job: ran.append("ran"), job=held)
+    assert ran == []
+    scheduler.shutdown()
+
+
+async def test_closing_a_document_stops_every_kind_of_its_jobs():
+    scheduler = Scheduler(debounce_ms=0)
+    started = threading.Event()
+
+    def work(job):
+        started.set()
+        while not job.stop.is_set():
+            time.sleep(0.005)
+        return "late"
+
+    running = asyncio.ensure_future(scheduler.submit(JobKey("doc", "draft"), 1, work))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+    scheduler.cancel_document("doc", "document closed")
+    with pytest.raises(Cancelled, match="document closed"):
+        await running
     scheduler.shutdown()

@@ -230,3 +230,50 @@ def test_sigterm_checkpoints_and_exports_before_exiting(tiny_work_dir):
     assert "signal 15 received" in log.read_text()
     assert torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)["state"]["step"] >= 20
     assert (tiny_work_dir / "export" / "model.safetensors").is_file()
+
+
+def test_a_fresh_machine_goes_on_from_the_shipped_model(tiny_work_dir, tmp_path):
+    """No checkpoint in the work dir: the run resumes from the shipped model's weights, tokenizer and counters."""
+    args = ["--preset", "tiny", "--batch-size", "2", "--eval-every", "100", "--max-prefix-tokens", "48",
+            "--max-suffix-tokens", "16", "--no-progress", "--threads", "1"]
+    shipped = tmp_path / "shipped"
+    assert cli_main(["train", "--work-dir", str(tiny_work_dir), *args, "--max-steps", "2", "--ship-to",
+                     str(shipped)]) == 0
+    before = json.loads((shipped / "dglsp.json").read_text())["training"]
+    fresh = tmp_path / "fresh-machine"  # the corpus is there (it is rebuilt from the machine), nothing else
+    fresh.mkdir()
+    for name in ("corpus.jsonl.gz", "MANIFEST.json"):
+        (fresh / name).write_bytes((tiny_work_dir / name).read_bytes())
+    assert cli_main(["train", "--work-dir", str(fresh), *args, "--max-steps", "4", "--resume-from",
+                     str(shipped)]) == 0
+    log = (fresh / "train.log").read_text()
+    assert f"resumed from the shipped model {shipped} at step 2" in log and "tokenizer: the shipped model's" in log
+    assert (fresh / "tokenizer" / "tokenizer.json").read_text() == (shipped / "tokenizer.json").read_text()
+    state = torch.load(fresh / "checkpoint.pt", weights_only=False)["state"]
+    assert state["step"] == 4 and state["tokens_seen"] > before["tokens_seen"]
+    assert state["warmup_start"] == 2  # a fresh optimizer warms up again from where the shipped model stopped
+    after = json.loads((fresh / "export" / "dglsp.json").read_text())["training"]
+    assert after["cpu_hours"] > before["cpu_hours"] > 0
+    assert [row["steps"] for row in after["log"]][-1] == 4
+
+
+def test_examples_with_sibling_files_carry_snippets_of_them(tiny_tokenizer):
+    rng = random.Random(3)
+    files = stdlib_sources()
+    snippet_id = tiny_tokenizer.convert_tokens_to_ids(modelzoo.SPECIAL_TOKENS["snippet"])
+    with_snippets = [train.make_example(f, rng, tiny_tokenizer, FMT, 16, 64, 32, siblings=files[:i] + files[i + 1:],
+                                        max_snippet_tokens=400) for i, f in enumerate(files)]
+    assert any(snippet_id in example.header for example in with_snippets)
+    plain = train.make_example(files[0], rng, tiny_tokenizer, FMT, 16, 64, 32)
+    assert snippet_id not in plain.prompt()
+
+
+def test_whole_lines_are_over_half_of_the_middles():
+    rng = random.Random(0)
+    text = (STDLIB / "textwrap.py").read_text()
+    kinds = [train.choose_gap(text, rng)[2] for _ in range(2000)]
+    assert sum(kind in ("line_after_indent", "whole_line") for kind in kinds) / len(kinds) > 0.5
+    start, end, kind = next(gap for gap in (train.choose_gap(text, rng) for _ in range(200))
+                            if gap[2] == "line_after_indent")
+    line_start = text.rfind("\n", 0, start) + 1
+    assert text[line_start:start].strip() == "" and text[end] == "\n"  # cursor after the indent, the line's rest

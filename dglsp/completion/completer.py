@@ -12,9 +12,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from dglsp.completion.confidence import suggestion_confidence
 from dglsp.completion.postprocess import postprocess, postprocess_edit
-from dglsp.completion.prompt import CursorContext, PrefixAnchors, PromptBuilder, PromptFormat, cursor_windows
-from dglsp.config import ContextSettings, Settings
+from dglsp.completion.prompt import (
+    CursorContext,
+    PrefixAnchors,
+    PromptBuilder,
+    PromptFormat,
+    cursor_windows,
+    encodable,
+)
+from dglsp.config import ContextSettings, PostprocessSettings, SamplerSettings, Settings
 from dglsp.model.backend import Backend, GenerationStats
 from dglsp.model.loading import ModelBundle
 
@@ -36,9 +44,12 @@ class Suggestion:
     total_ms: float
     replace_chars: int = 0  # characters after the cursor (on its line) that `text` replaces
     context: CursorContext | None = None  # the (trimmed) context the prompt was built from
+    confidence: float | None = None  # the model's probability of the shown tokens (geometric mean), if known
+    gated: bool = False  # hidden because `confidence` was below `postprocess.min_confidence`
 
     def timings(self) -> str:
-        return f"prompt {self.prompt_ms:.1f} ms, {self.stats.summary()}, post {self.postprocess_ms:.1f} ms"
+        shown = "" if self.confidence is None else f", confidence {self.confidence:.3f}{' (hidden)' * self.gated}"
+        return f"prompt {self.prompt_ms:.1f} ms, {self.stats.summary()}, post {self.postprocess_ms:.1f} ms{shown}"
 
 
 class Completer:
@@ -62,9 +73,9 @@ class Completer:
         """The windows around the cursor; with `key` (the document URI) the prefix keeps a sticky start."""
         if key is None:
             prefix, suffix = cursor_windows(text, offset, settings.context)
-        else:
-            prefix, suffix = self.anchors.windows(key, text, offset, settings.context)
-        return CursorContext(encodable(prefix), encodable(suffix), path, language_id)
+            return CursorContext(encodable(prefix), encodable(suffix), path, language_id)
+        prefix, suffix, prefix_ids = self.anchors.windows(key, text, offset, settings.context)
+        return CursorContext(encodable(prefix), encodable(suffix), path, language_id, prefix_ids=prefix_ids)
 
     def complete(
         self,
@@ -89,13 +100,13 @@ class Completer:
         sampler, post_settings = settings.sampler, settings.postprocess
         on_canvas = None
         if draft:
-            canvases = max(1, math.ceil(settings.draft.max_tokens / sampler.canvas_length))
-            sampler = replace(sampler, max_canvases=canvases)
+            sampler = draft_sampler(settings, self.engine.default_canvas_length)
             post_settings = replace(post_settings, multiline=True, mid_block=True,
                                     max_lines=settings.draft.max_lines)
             on_canvas = self._draft_watcher(prompt.context, post_settings, on_commit)
         elif on_step is not None:
-            on_canvas = self._step_watcher(prompt.context, post_settings, on_step)
+            on_canvas = self._step_watcher(prompt.context, post_settings, on_step,
+                                           settings.latency.live_canvas_interval_ms / 1000)
         generation = self.engine.generate(prompt.ids, sampler, should_stop, on_canvas=on_canvas,
                                           deadline=deadline, cache_key=cache_key)
         post_start = time.perf_counter()
@@ -109,13 +120,21 @@ class Completer:
         text, replace_chars = (edit.text, edit.replace_chars) if edit else (None, 0)
         if text is not None and generation.stats.hit_deadline:
             text = cut_at_line_boundary(text)
+        score = suggestion_confidence(generation.token_ids, generation.token_logprobs, text or raw, self.decode)
+        gated = text is not None and score is not None and score < self.min_confidence(post_settings) and not draft
         end = time.perf_counter()
-        return Suggestion(text, raw, generation.stats, prompt_ms, (end - post_start) * 1000, (end - begin) * 1000,
-                          replace_chars, prompt.context)
+        return Suggestion(None if gated else text, raw, generation.stats, prompt_ms, (end - post_start) * 1000,
+                          (end - begin) * 1000, replace_chars, prompt.context, score, gated)
 
-    def _step_watcher(self, context: CursorContext, post_settings, on_step: StepPreviewFn):
+    def _step_watcher(self, context: CursorContext, post_settings, on_step: StepPreviewFn, interval_s: float):
+        """The live canvas: at most one step per `interval_s` is decoded and post-processed (the throttle comes
+        first, so the steps nobody sees cost nothing)."""
+        last = [float("-inf")]
+
         def on_canvas(step: int, token_ids: list[int], committed: bool) -> bool:
-            if not committed:
+            now = time.monotonic()
+            if not committed and now - last[0] >= interval_s:
+                last[0] = now
                 on_step(step, postprocess(self.decode(token_ids), context, post_settings) or "")
             return False
 
@@ -138,6 +157,38 @@ class Completer:
             return ended_at_special or shown.count("\n") < raw.rstrip().count("\n")
 
         return on_canvas
+
+    def schedule(self, settings: Settings) -> dict:
+        """The canvas length, steps and decoding ghost text and drafts run with, and why (for `dglsp/status`)."""
+        ghost = settings.sampler
+        draft = draft_sampler(settings, self.engine.default_canvas_length)
+        own_steps = self.engine.default_steps
+        where = "its dglsp.json" if self.bundle.meta.get("sampler") else "its generation_config.json"
+
+        def steps(value: int) -> tuple[int, str]:
+            return (value, "set in your settings") if value else (own_steps, f"the model's own ({where})")
+
+        ghost_steps, ghost_why = steps(ghost.max_steps)
+        draft_steps, draft_why = steps(settings.draft.max_steps)
+        return {
+            "ghost_text": {
+                "canvas_length": ghost.canvas_length, "max_steps": ghost_steps,
+                "why": f"canvas {ghost.canvas_length}: a single line is ~7-14 tokens and a short canvas denoises "
+                       f"fastest; steps: {ghost_why}, an upper bound the early stop usually undercuts",
+                "decoding": "verified" if self.engine.resolved(ghost).verify else "diffusion",
+            },
+            "draft": {
+                "canvas_length": draft.canvas_length, "max_steps": draft_steps, "max_tokens": settings.draft.max_tokens,
+                "why": ("canvas: the model's own (it was trained at it; 256 for the 26B)" if not settings.draft
+                        .canvas_length else "canvas: set in your settings") + f"; steps: {draft_why}",
+            },
+        }
+
+    def min_confidence(self, post_settings: PostprocessSettings) -> float:
+        """The gate: the user's `postprocess.min_confidence`, else the model's calibrated one, else 0."""
+        if post_settings.min_confidence is not None:
+            return post_settings.min_confidence
+        return float(self.bundle.meta.get("postprocess", {}).get("min_confidence", 0.0))
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of the generated ids without thought channels, cut at the first special token (a FIM marker
@@ -176,18 +227,18 @@ def drop_thoughts(token_ids: list[int], channel: tuple[int, int] | None) -> list
     return kept
 
 
+def draft_sampler(settings: Settings, model_canvas_length: int) -> SamplerSettings:
+    """The schedule of an explicit draft: the draft's own canvas length and steps (0: the model's own), canvases
+    chained up to `draft.max_tokens`; the rest is the ghost text's."""
+    draft = settings.draft
+    canvas_length = draft.canvas_length or model_canvas_length
+    return replace(settings.sampler, canvas_length=canvas_length, max_steps=draft.max_steps,
+                   max_canvases=max(1, math.ceil(draft.max_tokens / canvas_length)))
+
+
 def cut_at_line_boundary(text: str) -> str | None:
     """A draft cut short by the deadline: keep whole lines only (its last line may be half-denoised)."""
     if "\n" not in text.rstrip("\n"):
         return text
     kept = text[: text.rstrip("\n").rfind("\n")].rstrip()
     return kept if kept.strip() else None
-
-
-def encodable(text: str) -> str:
-    """`text` with lone surrogates (JSON allows them, tokenizers refuse them) replaced, one character for one."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

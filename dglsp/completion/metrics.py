@@ -22,6 +22,13 @@ class LatencyMetrics:
     forward_passes_speculative: int = 0
     speculative_runs: int = 0
     deadline_hits: int = 0
+    hidden_by_gate: int = 0  # suggestions post-processing kept but the confidence gate hid
+    finished_with_text: int = 0  # finished runs that post-processing kept (shown, or hidden by the gate)
+
+    @property
+    def gate_hidden_share(self) -> float:
+        """The share of suggestions that survived post-processing but fell below `postprocess.min_confidence`."""
+        return self.hidden_by_gate / self.finished_with_text if self.finished_with_text else 0.0
 
     def count_run(self, forward_passes: int, outcome: str) -> None:
         """`outcome`: shown | empty | wasted | speculative."""
@@ -29,7 +36,7 @@ class LatencyMetrics:
         setattr(self, field, getattr(self, field) + forward_passes)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "gate_hidden_share": round(self.gate_hidden_share, 4)}
 
 
 def memory_mb() -> dict[str, float]:

@@ -25,6 +25,7 @@ first changed token.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -82,6 +83,9 @@ class CursorContext:
     path: str = ""
     language_id: str = ""
     snippets: tuple[Snippet, ...] = ()  # most similar last (nearest the cursor in the prompt)
+    # The prefix's token ids when whoever cut the window already tokenized it (`PrefixAnchors`): the prompt
+    # then reuses them instead of tokenizing the prefix again.
+    prefix_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,35 +128,42 @@ class PrefixAnchors:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, capacity: int = 256):
         self.tokenizer = tokenizer
         self.capacity = capacity
-        self._anchors: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._anchors: OrderedDict[str, tuple[int, str, str]] = OrderedDict()  # key -> (start, head, header)
 
-    def windows(self, key: str, text: str, offset: int, settings: ContextSettings) -> tuple[str, str]:
-        """`cursor_windows`, with the prefix already cut to its token budget from the document's anchor."""
+    def windows(self, key: str, text: str, offset: int, settings: ContextSettings
+                ) -> tuple[str, str, tuple[int, ...]]:
+        """`cursor_windows`, with the prefix already cut to its token budget from the document's anchor, and
+        the prefix's token ids (tokenized once here, reused by the prompt)."""
         prefix, suffix = cursor_windows(text, offset, settings)
         window_start = offset - len(prefix)
         budget = settings.max_prefix_tokens
         anchor = self._anchors.get(key)
         if anchor is not None:
-            start, head = anchor
-            if (window_start <= start <= offset and text.startswith(head, start)
-                    and self._count(text[start:offset]) <= budget):
-                self._anchors.move_to_end(key)
-                return text[start:offset], suffix
-        if self._count(prefix) > budget:
-            prefix = trim_to_tokens(self.tokenizer, prefix, max(1, int(budget * (1 - settings.prefix_slack))),
-                                    keep="end")
+            start, head, header = anchor
+            if window_start <= start <= offset and text.startswith(head, start):
+                ids = self._encode(header + text[start:offset])
+                if len(ids) <= budget:
+                    self._anchors.move_to_end(key)
+                    return header + text[start:offset], suffix, ids
+        header = ""
+        ids = self._encode(prefix)
+        if len(ids) > budget:
+            above = text[max(0, window_start - HEADER_SCAN_CHARS):window_start]
+            header, prefix = trim_prefix(self.tokenizer, encodable(prefix),
+                                         max(1, int(budget * (1 - settings.prefix_slack))), above)
+            ids = self._encode(header + prefix)
         start = offset - len(prefix)
-        self._anchors[key] = (start, text[start:start + self.HEAD_CHARS])
+        self._anchors[key] = (start, text[start:start + self.HEAD_CHARS], header)
         self._anchors.move_to_end(key)
         while len(self._anchors) > self.capacity:
             self._anchors.popitem(last=False)
-        return prefix, suffix
+        return header + prefix, suffix, ids
 
     def forget(self, key: str) -> None:
         self._anchors.pop(key, None)
 
-    def _count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+    def _encode(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer.encode(encodable(text), add_special_tokens=False)) if text else ()
 
 
 class PromptBuilder:
@@ -162,10 +173,15 @@ class PromptBuilder:
         self.settings = settings
 
     def build(self, context: CursorContext) -> Prompt:
-        prefix = trim_to_tokens(self.tokenizer, context.prefix, self.settings.max_prefix_tokens, keep="end")
+        reuse = context.prefix_ids is not None and len(context.prefix_ids) <= self.settings.max_prefix_tokens
+        if reuse:
+            prefix, prefix_ids = context.prefix, context.prefix_ids
+        else:
+            prefix = "".join(trim_prefix(self.tokenizer, context.prefix, self.settings.max_prefix_tokens))
+            prefix_ids = None
         suffix = trim_to_tokens(self.tokenizer, context.suffix, self.settings.max_suffix_tokens, keep="start")
         snippets = self._fit_snippets(context.snippets) if snippets_enabled(self.format, self.settings) else ()
-        trimmed = CursorContext(prefix, suffix, context.path, context.language_id, snippets)
+        trimmed = CursorContext(prefix, suffix, context.path, context.language_id, snippets, prefix_ids)
         if self.format.kind == "fim":
             ids = encode_fim(self.tokenizer, self.format, trimmed)
         else:
@@ -188,6 +204,75 @@ def snippets_enabled(fmt: PromptFormat, settings: ContextSettings) -> bool:
     if settings.snippets == "off" or settings.max_snippet_tokens <= 0:
         return False
     return settings.snippets == "on" or fmt.trained_with_snippets
+
+
+HEADER = re.compile(r"^([ \t]*)(?:async[ \t]+def|def|class)[ \t]")
+HEADER_SCAN_CHARS = 20_000  # how far above the window an enclosing definition is looked for
+MAX_HEADER_LINES = 12  # a signature and its docstring; a longer one is cut there
+
+
+def enclosing_header(before: str, window: str) -> str:
+    """The `def`/`class` lines (signature and docstring) that enclose the end of `window` but lie in `before`,
+    the text cut off above it; "" when the definition is inside the window or there is none (Python-style
+    indentation). A prompt cut inside a long function then still says which function it is."""
+    lines = window.split("\n")
+    body = [line for line in lines if line.strip()]
+    indent = min((len(line) - len(line.lstrip()) for line in body), default=0)
+    if not indent or any(HEADER.match(line) and len(HEADER.match(line).group(1)) < indent for line in body):
+        return ""
+    above = before[-HEADER_SCAN_CHARS:].split("\n")
+    level = indent  # the indentation a line must be under to enclose the window
+    for index in range(len(above) - 1, -1, -1):
+        line = above[index]
+        stripped = line.strip()
+        depth = len(line) - len(line.lstrip())
+        if not stripped or stripped.startswith("#") or depth >= level or _continues(above, index):
+            continue
+        if HEADER.match(line):
+            return "\n".join(_signature_and_docstring(above[index:])) + "\n"
+        level = depth  # an enclosing block (if, for, with...): its own enclosing definition is further up
+        if not level:
+            return ""
+    return ""
+
+
+def _continues(lines: list[str], index: int) -> bool:
+    """A dedented line that is part of a longer statement above it (a wrapped call, a decorator's argument)."""
+    previous = next((line for line in reversed(lines[:index]) if line.strip()), "")
+    return previous.rstrip().endswith(("(", "[", "{", ",", "\\"))
+
+
+def _signature_and_docstring(lines: list[str]) -> list[str]:
+    """The header's lines up to its closing colon, then its docstring if one follows."""
+    kept: list[str] = []
+    for line in lines[:MAX_HEADER_LINES]:
+        kept.append(line)
+        if line.rstrip().endswith(":"):
+            break
+    rest = lines[len(kept):MAX_HEADER_LINES]
+    first = rest[0].strip() if rest else ""
+    if first[:3] in ('"""', "'''"):
+        quote = first[:3]
+        for count, line in enumerate(rest, 1):
+            if quote in (line.strip()[3:] if count == 1 else line):
+                return kept + rest[:count]
+    return kept
+
+
+def trim_prefix(tokenizer: PreTrainedTokenizerBase, text: str, budget: int, above: str = "") -> tuple[str, str]:
+    """`trim_to_tokens` for the prefix, as (header, window): the window is the end of `text`, and when the cut
+    falls inside a definition the header is its signature and docstring, to go on top (else ""). `above` is
+    document text before `text`, where the definition may start."""
+    window = trim_to_tokens(tokenizer, text, budget, keep="end")
+    if len(window) == len(text) and not above:
+        return "", text
+    header = enclosing_header(above + text[: len(text) - len(window)], window)
+    if not header:
+        return "", window
+    cost = len(tokenizer.encode(header, add_special_tokens=False))
+    if cost >= budget // 2:  # a header that would crowd out the code near the cursor is not worth it
+        return "", window
+    return header, trim_to_tokens(tokenizer, window, budget - cost, keep="end")
 
 
 def trim_to_tokens(tokenizer: PreTrainedTokenizerBase, text: str, budget: int, keep: str) -> str:
@@ -224,10 +309,11 @@ def encode_fim(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, context: C
     snippets: list[int] = []
     for snippet in context.snippets:
         snippets += token("snippet") + text(f"{snippet.path}\n{snippet.text}")
+    prefix = list(context.prefix_ids) if context.prefix_ids is not None else text(context.prefix)
     return (
         token("bos") + token("file") + text(header) + snippets
         + token("suffix") + text(context.suffix)
-        + token("prefix") + text(context.prefix)
+        + token("prefix") + prefix
         + token("middle")
     )
 
@@ -248,3 +334,12 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, context: CursorContext) -> l
     if not all(isinstance(token, int) for token in ids):
         raise TypeError(f"the chat template did not give token ids: {type(rendered).__name__}")
     return list(ids)
+
+
+def encodable(text: str) -> str:
+    """`text` with lone surrogates (JSON allows them, tokenizers refuse them) replaced, one character for one."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

@@ -37,10 +37,19 @@ class Cancelled(Exception):
     """The job was stopped before it produced a result (superseded, cancelled, or stale)."""
 
 
+@dataclass(frozen=True)
+class JobKey:
+    """Latest-wins runs per key: a document's automatic completion, its explicit draft and its speculation
+    after an accept never supersede one another."""
+
+    uri: str
+    kind: str = "completion"  # completion | draft | speculative
+
+
 @dataclass
 class Job:
-    key: str  # usually the document URI
-    version: int  # document version the job was built for
+    key: JobKey
+    version: int  # document version the job was built for (sys.maxsize for background jobs: never stale)
     stop: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
     stop_requested_at: float | None = None
@@ -144,7 +153,7 @@ class Scheduler:
     def __init__(self, debounce_ms: int = 0):
         self.debounce_ms = debounce_ms
         self._executor = DeviceWorker("dglsp-device")  # restarts itself if its thread dies
-        self._latest: dict[str, Job] = {}
+        self._latest: dict[JobKey, Job] = {}
         self._lock = threading.Lock()
         self._background: list[Job] = []
         # Latest version each document has been changed to: a job built from an older snapshot (e.g. it
@@ -163,16 +172,22 @@ class Scheduler:
         """The device worker's thread (None before its first job)."""
         return getattr(self._executor, "thread", None)
 
-    async def submit(self, key: str, version: int, work: Callable[[Job], Any], background: bool = False) -> Any:
+    def new_job(self, key: JobKey, version: int, background: bool = False) -> Job:
+        """A job to `submit`; whoever holds it can stop it (a draft's cancel button), even before it is queued."""
+        return Job(key, sys.maxsize if background else version)
+
+    async def submit(self, key: JobKey, version: int, work: Callable[[Job], Any], background: bool = False,
+                     job: Job | None = None) -> Any:
         """Run `work(job)` on the device worker after the debounce, latest-wins per `key`.
 
         Raises `Cancelled` if the job is superseded or stopped; cancelling the awaiting task
         (what pygls does on `$/cancelRequest`) stops the job too. A real (not `background`)
-        request first stops every background job, so speculation never delays the user.
+        request first stops every background job, so speculation never delays the user. `job` (from
+        `new_job`) is the one to run, for callers that stop it themselves.
         """
-        job = Job(key, sys.maxsize if background else version)
+        job = job or self.new_job(key, version, background)
         with self._lock:
-            newest = self._versions.get(key.split("#", 1)[0], self._versions.get(key, job.version))
+            newest = self._versions.get(key.uri, job.version)
             if newest > job.version:
                 job.cancel(f"document changed to version {newest}")
             previous = self._latest.get(key)
@@ -214,24 +229,31 @@ class Scheduler:
     def _record_cancel_to_idle(self, ms: float) -> None:
         self.cancel_to_idle_ms = (self.cancel_to_idle_ms + [ms])[-100:]
 
-    def document_changed(self, key: str, version: int) -> None:
+    def document_changed(self, uri: str, version: int) -> None:
         """A `didChange` moved the document on: a job built for an older version is stale."""
         with self._lock:
-            self._versions[key] = max(version, self._versions.get(key, version))
-            jobs = [job for name, job in self._latest.items() if name == key or name.startswith(f"{key}#")]
+            self._versions[uri] = max(version, self._versions.get(uri, version))
+            jobs = [job for key, job in self._latest.items() if key.uri == uri]
         for job in jobs:
             if version > job.version:
                 job.cancel(f"document changed to version {version}")
 
-    def forget(self, key: str) -> None:
+    def forget(self, uri: str) -> None:
         """The document was opened or closed: its version numbering starts over."""
         with self._lock:
-            self._versions.pop(key, None)
+            self._versions.pop(uri, None)
 
-    def cancel(self, key: str, reason: str) -> None:
+    def cancel(self, key: JobKey, reason: str) -> None:
         with self._lock:
             job = self._latest.get(key)
         if job is not None:
+            job.cancel(reason)
+
+    def cancel_document(self, uri: str, reason: str) -> None:
+        """Stop every job of the document, whatever its kind."""
+        with self._lock:
+            jobs = [job for key, job in self._latest.items() if key.uri == uri]
+        for job in jobs:
             job.cancel(reason)
 
     def cancel_all(self, reason: str) -> None:

@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -24,7 +23,7 @@ from typing import Any
 from dglsp.completion.completer import Completer
 from dglsp.completion.metrics import LatencyMetrics, memory_mb
 from dglsp.completion.prompt import CursorContext, snippets_enabled
-from dglsp.completion.scheduler import Cancelled, Scheduler
+from dglsp.completion.scheduler import Cancelled, Job, JobKey, Scheduler
 from dglsp.completion.snapshot import DocumentReader, Snapshot
 from dglsp.completion.snippets import OpenDocument, RecentEdits, pick_snippets
 from dglsp.completion.typing_through import TypingThroughCache, after_acceptance, context_key
@@ -145,7 +144,7 @@ class CompletionService:
         self.scheduler.forget(uri)  # a (re)opened document counts versions afresh
 
     def document_closed(self, uri: str) -> None:
-        self.scheduler.cancel(uri, "document closed")
+        self.scheduler.cancel_document(uri, "document closed")
         self.scheduler.forget(uri)
         self.typing_through.forget(uri)
         self.recent_edits.forget(uri)
@@ -160,14 +159,14 @@ class CompletionService:
         offset: int,
         draft: bool = False,
         on_commit: Callable[[str], None] | None = None,
-        stop: threading.Event | None = None,
+        job: Job | None = None,
         on_step: Callable[[int, str], None] | None = None,
     ) -> Found | None:
         """The suggestion at `offset` of `document`, or None when there is nothing to show.
 
         `draft=True` is an explicit long draft (canvas after canvas, see `Completer.complete`); it
-        runs under its own scheduler key so that automatic requests do not supersede it. `stop` is
-        an extra stop flag (the draft's progress cancel button), honoured even before the job starts.
+        runs under its own scheduler key so that automatic requests do not supersede it. `job` (from
+        `new_draft_job`) is the draft's job, which its holder may stop (a cancel button) at any time.
         `on_step(step, text)` sees the canvas as it denoises, and (-1, final text) at the end.
         """
         request_id = next(self._request_ids)
@@ -178,25 +177,26 @@ class CompletionService:
             self.metrics.requests += 1
             rest = await self._typed_through(document, offset)
             if rest is not None:
-                self.scheduler.cancel(uri, "answered by typing-through")
+                self.scheduler.cancel(JobKey(uri), "answered by typing-through")
                 self.metrics.shown += 1
                 self.metrics.typing_through_served += 1
                 self._log_request(request_id, uri, f"{len(rest)} chars; served from typing-through, no model run")
                 return Found(rest)
         completer = await self.ready_completer()
-        current = self.documents.get(uri).version
-        if current != document.version:  # edited while the model was loading: no job existed to be stopped
+        current = self.documents.version(uri)
+        if current != document.version:  # edited or closed while the model loaded: no job existed to be stopped
             self._log_request(request_id, uri, f"cancelled (document changed to version {current})")
             return None
         context = completer.context_at(document.text, offset, settings, document.path, document.language_id, key=uri)
         context = self.with_snippets(uri, context, completer, settings)
         try:
             suggestion = await self.scheduler.submit(
-                f"{uri}#draft" if draft else uri,
+                JobKey(uri, "draft" if draft else "completion"),
                 document.version,
                 lambda job: self._counted(completer.complete(
-                    context, settings, _either(job.should_stop, stop), deadline=deadline, draft=draft,
+                    context, settings, job.should_stop, deadline=deadline, draft=draft,
                     on_commit=on_commit, cache_key=uri, on_step=on_step), job),
+                job=job,
             )
         except Cancelled as exc:
             self._log_request(request_id, uri, f"cancelled ({exc})")
@@ -204,7 +204,11 @@ class CompletionService:
                 on_step(-1, "")
             return None
         self.last_latency_ms = suggestion.total_ms
-        shown = "empty" if suggestion.text is None else f"{len(suggestion.text)} chars"
+        if not draft and (suggestion.text is not None or suggestion.gated):
+            self.metrics.finished_with_text += 1
+            self.metrics.hidden_by_gate += suggestion.gated
+        shown = "hidden by the confidence gate" if suggestion.gated else (
+            "empty" if suggestion.text is None else f"{len(suggestion.text)} chars")
         self._log_request(request_id, uri, f"{shown}; {suggestion.timings()}")
         if on_step is not None:
             on_step(-1, suggestion.text or "")
@@ -276,7 +280,8 @@ class CompletionService:
                 return suggestion
 
             self.metrics.speculative_runs += 1
-            suggestion = await self.scheduler.submit(f"{uri}#speculative", document.version, work, background=True)
+            suggestion = await self.scheduler.submit(JobKey(uri, "speculative"), document.version, work,
+                                                     background=True)
         except (Cancelled, DglspError) as exc:
             log.debug("speculation dropped: %s", exc)
             return
@@ -316,7 +321,15 @@ class CompletionService:
             "ready": self.completer is not None,
             "last_latency_ms": self.last_latency_ms,
             "load_message": self.load_state.message,
+            "schedule": self.completer.schedule(self.settings) if self.completer is not None else None,
+            "gate": {"hidden": self.metrics.hidden_by_gate, "hidden_share": round(self.metrics.gate_hidden_share, 4),
+                     "min_confidence": self.completer.min_confidence(self.settings.postprocess)
+                     if self.completer is not None else None},
         }
+
+    def new_draft_job(self, uri: str, version: int) -> Job:
+        """The job an explicit draft will run as: stopping it (a cancel button) is the draft's one stop path."""
+        return self.scheduler.new_job(JobKey(uri, "draft"), version)
 
     def new_request_id(self) -> int:
         return next(self._request_ids)
@@ -326,6 +339,3 @@ class CompletionService:
         log.info(message)
         self._on_log(message)
 
-
-def _either(should_stop: Callable[[], bool], stop: threading.Event | None) -> Callable[[], bool]:
-    return should_stop if stop is None else (lambda: should_stop() or stop.is_set())

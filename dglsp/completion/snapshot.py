@@ -29,6 +29,10 @@ class DocumentReader(Protocol):
         """The open document's current snapshot; `InvalidRequestError` for a document that is not open."""
         ...
 
+    def version(self, uri: str) -> int | None:
+        """The open document's current version (None once it is closed), without taking a snapshot."""
+        ...
+
     def all(self) -> list[Snapshot]:
         """Every open document (for snippets of the other files)."""
         ...

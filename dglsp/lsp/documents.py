@@ -38,6 +38,12 @@ class WorkspaceDocuments:
     def get(self, uri: str) -> Snapshot:
         return snapshot(self._workspace(), uri)
 
+    def version(self, uri: str) -> int | None:
+        workspace = self._workspace()
+        if unquote(uri) not in workspace.text_documents:
+            return None
+        return workspace.get_text_document(uri).version or 0
+
     def all(self) -> list[Snapshot]:
         return [Snapshot(doc.uri, doc.version or 0, doc.source, doc.language_id or "")
                 for doc in list(self._workspace().text_documents.values())]

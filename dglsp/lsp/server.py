@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -31,7 +29,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
 from dglsp import __version__
-from dglsp.completion.scheduler import Scheduler
+from dglsp.completion.scheduler import Job, Scheduler
 from dglsp.completion.service import CompletionService
 from dglsp.config import ServeSettings, Settings
 from dglsp.errors import DglspError, InvalidRequestError, ModelNotReadyError
@@ -195,7 +193,7 @@ class DglspServer(LanguageServer):
         position: types.Position,
         draft: bool = False,
         on_commit: Callable[[str], None] | None = None,
-        stop: threading.Event | None = None,
+        job: Job | None = None,
     ) -> tuple[str, types.Range] | None:
         """The suggestion at `position` and the range it replaces (empty, or auto-closed brackets it types over)."""
         document = snapshot(self.workspace, uri)
@@ -203,7 +201,7 @@ class DglspServer(LanguageServer):
         offset = offset_at(document.text, position, encoding)
         live = self.settings.latency.live_canvas and not draft
         on_step = self._live_canvas(uri, document.version, position) if live else None
-        found = await self.service.suggest(document, offset, draft=draft, on_commit=on_commit, stop=stop,
+        found = await self.service.suggest(document, offset, draft=draft, on_commit=on_commit, job=job,
                                            on_step=on_step)
         if found is None:
             return None
@@ -211,19 +209,12 @@ class DglspServer(LanguageServer):
         return found.text, types.Range(position, position_after(position, replaced, encoding))
 
     def _live_canvas(self, uri: str, version: int, position: types.Position) -> Callable[[int, str], None]:
-        """`dglsp/canvas` notifications from the worker thread: throttled steps, then one with done=true.
-
-        The callback gets step -1 for the end (the final text, empty if nothing is shown)."""
+        """`dglsp/canvas` notifications from the worker thread (the completer throttles the steps it decodes),
+        then one with done=true: the callback gets step -1 for the end (the final text, empty if none)."""
         loop = asyncio.get_running_loop()
-        interval = self.settings.latency.live_canvas_interval_ms / 1000
-        last_sent = [0.0]
 
         def send(step: int, text: str) -> None:
-            now = time.monotonic()
             done = step < 0
-            if not done and now - last_sent[0] < interval:
-                return
-            last_sent[0] = now
             params = {"uri": uri, "version": version, "position": {"line": position.line,
                       "character": position.character}, "text": text, "step": max(step, 0), "done": done}
             loop.call_soon_threadsafe(self.protocol.notify, "dglsp/canvas", params)
@@ -260,11 +251,10 @@ class DglspServer(LanguageServer):
         loop = asyncio.get_running_loop()
         reporting = await self._begin_progress(token, "dglsp: drafting", cancellable=True)
         cancel_button = self.work_done_progress.tokens.get(token) if reporting else None
-        cancelled = threading.Event()
+        job = self.service.new_draft_job(uri, version)
 
         def on_cancel_button(_: object) -> None:
-            cancelled.set()
-            self.scheduler.cancel(f"{uri}#draft", "cancelled by the user")
+            job.cancel("cancelled by the user")
 
         if cancel_button is not None:
             cancel_button.add_done_callback(on_cancel_button)
@@ -275,11 +265,11 @@ class DglspServer(LanguageServer):
                 loop.call_soon_threadsafe(self.work_done_progress.report, token, report)
 
         try:
-            found = await self.suggest(uri, position, draft=True, on_commit=on_commit, stop=cancelled)
+            found = await self.suggest(uri, position, draft=True, on_commit=on_commit, job=job)
         finally:
             if reporting:
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="done"))
-        if found is None or cancelled.is_set():
+        if found is None or job.stop.is_set():
             return {"applied": False, "text": ""}
         text, where = found
         if not apply:

@@ -34,6 +34,8 @@ class GenerationStats:
     generated_tokens: int = 0
     stopped: bool = False
     hit_deadline: bool = False
+    verifications: int = 0  # verified decoding: encoder passes that checked a draft
+    accepted_tokens: int = 0  # tokens those checks committed (the draft's agreed prefix + the encoder's own)
 
     @property
     def forward_passes(self) -> int:
@@ -42,6 +44,10 @@ class GenerationStats:
     @property
     def ms_per_step(self) -> float:
         return self.decode_ms / self.steps if self.steps else 0.0
+
+    @property
+    def accepted_per_verification(self) -> float:
+        return self.accepted_tokens / self.verifications if self.verifications else 0.0
 
     @property
     def tokens_per_forward(self) -> float:
@@ -54,6 +60,7 @@ class GenerationStats:
             f"{self.prefill_ms:.0f} ms, {self.steps} steps "
             f"({self.ms_per_step:.1f} ms/step, {self.tokens_per_forward:.2f} tok/forward), "
             f"{f'{self.canvases} canvases, ' if self.canvases > 1 else ''}"
+            f"{f'{self.accepted_per_verification:.1f} tok/verification, ' if self.verifications else ''}"
             f"total {self.total_ms:.0f} ms{' [stopped]' if self.stopped else ''}"
             f"{' [deadline]' if self.hit_deadline else ''}"
         )
@@ -64,6 +71,9 @@ class Generation:
     token_ids: list[int]  # generated ids, EOS and what follows it removed
     finished: bool  # the model ended the block with EOS
     stats: GenerationStats = field(default_factory=GenerationStats)
+    # The model's log-probability of each generated token (the decoder's at the canvas's last step; the
+    # encoder's for verified and token-by-token decoding); None where the backend cannot tell (remote).
+    token_logprobs: list[float] | None = None
 
 
 class Backend(Protocol):
@@ -85,6 +95,10 @@ class Backend(Protocol):
         deadline: float | None = None,
         cache_key: str | None = None,
     ) -> Generation: ...
+
+    def resolved(self, sampler: SamplerSettings) -> SamplerSettings:
+        """`sampler` with the model's own values where the user left them unset."""
+        ...
 
     def take_notices(self) -> list[tuple[str, str]]: ...
 

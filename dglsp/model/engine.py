@@ -22,7 +22,7 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrain
 from dglsp.config import DEFAULT_MAX_STEPS, LatencySettings, SamplerSettings
 from dglsp.errors import DeviceOutOfMemoryError
 from dglsp.model.backend import CanvasCallback, Generation, GenerationStats
-from dglsp.model.kvcache import PrefixCache
+from dglsp.model.kvcache import PrefixCache, cache_mark, rollback
 from dglsp.model.loading import ModelBundle
 from dglsp.model.sampler import denoise_canvas
 
@@ -43,6 +43,7 @@ class Engine:
         text_config = self.model.config.get_text_config()
         self.vocab_size: int = text_config.vocab_size
         self.eos_ids: set[int] = _eos_ids(bundle.tokenizer, self.model)
+        self._eos_frozen = frozenset(self.eos_ids)
         self.pad_id: int | None = bundle.tokenizer.pad_token_id
         self._lock = threading.Lock()
         latency = latency or LatencySettings()
@@ -94,14 +95,26 @@ class Engine:
         `cache_key` (a document URI) reuses and keeps that document's prompt KV cache (`kvcache.py`).
         """
         assert prompt_ids, "the prompt must not be empty"
-        if not sampler.max_steps:
-            sampler = replace(sampler, max_steps=self.default_steps)
+        sampler = self.resolved(sampler)
         with self._lock:
+            run = self._generate_verified if sampler.verify else self._generate
             while True:  # out of device memory: retry with half the canvas, down to MIN_OOM_CANVAS
                 try:
-                    return self._generate(prompt_ids, sampler, should_stop, on_canvas, deadline, cache_key)
+                    return run(prompt_ids, sampler, should_stop, on_canvas, deadline, cache_key)
                 except torch.OutOfMemoryError as exc:
                     sampler = self._smaller_after_oom(sampler, cache_key, exc)
+
+    def resolved(self, sampler: SamplerSettings) -> SamplerSettings:
+        """`sampler` with every "the model's own" value (0 or None) taken from the model: its dglsp.json
+        `sampler` section (our models), else its generation config, else the defaults in config.py."""
+        own = self.bundle.meta.get("sampler", {})
+        return replace(
+            sampler,
+            max_steps=sampler.max_steps or self.default_steps,
+            verify=bool(own.get("verify")) if sampler.verify is None else sampler.verify,
+            verify_steps=sampler.verify_steps or int(own.get("verify_steps") or 0),
+            settle_steps=int(own.get("settle_steps") or 0) if sampler.settle_steps is None else sampler.settle_steps,
+        )
 
     def _smaller_after_oom(self, sampler: SamplerSettings, cache_key: str | None,
                            exc: torch.OutOfMemoryError) -> SamplerSettings:
@@ -130,12 +143,21 @@ class Engine:
         self.prefix_cache.clear()
 
     def prefill(self, prompt_ids: list[int], stats: GenerationStats, cache_key: str | None = None,
-                keep_last: bool = False, should_stop: Callable[[], bool] = lambda: False) -> DynamicCache | None:
+                keep_last: bool = False, should_stop: Callable[[], bool] = lambda: False,
+                last_hidden: list[torch.Tensor] | None = None) -> DynamicCache | None:
         """A cache holding the prompt: reused up to the first changed token when `cache_key` has one.
-        None when `should_stop` ended the prefill (checked between chunks of the prompt)."""
+        None when `should_stop` ended the prefill (checked between chunks of the prompt). With `last_hidden`
+        (a list to fill), the prompt's last token is always encoded and its hidden state [1, H] put there."""
         begin = time.perf_counter()
-        cache, stats.cached_tokens = self.prefix_cache.prepare(cache_key, prompt_ids, self.encode, keep_last,
-                                                               should_stop)
+
+        def encode(cache: DynamicCache, token_ids: list[int]) -> torch.Tensor:
+            hidden = self.encode(cache, token_ids)
+            if last_hidden is not None:
+                last_hidden[:] = [hidden[:, -1]]
+            return hidden
+
+        cache, stats.cached_tokens = self.prefix_cache.prepare(
+            cache_key, prompt_ids, encode, keep_last or last_hidden is not None, should_stop)
         stats.encoder_passes += int(stats.cached_tokens < len(prompt_ids))
         stats.prefill_ms = (time.perf_counter() - begin) * 1000
         return cache
@@ -150,6 +172,7 @@ class Engine:
             return Generation([], False, stats)
         generator = self._generator(sampler.seed)
         output: list[int] = []
+        logprobs: list[float] = []
         block: list[int] = []
         finished = False
         for index in range(sampler.max_canvases):
@@ -170,6 +193,7 @@ class Engine:
                 on_step=_step_reporter(on_canvas, output),
                 deadline=deadline,
                 fused_sampling=self.fused_sampling,
+                eos_ids=self._eos_frozen,
             )
             stats.canvases += 1
             stats.steps += canvas.steps
@@ -180,6 +204,8 @@ class Engine:
             block = canvas.tokens[0].tolist()
             eos_at = next((i for i, t in enumerate(block) if t in self.eos_ids), None)
             output.extend(block if eos_at is None else block[:eos_at])
+            if canvas.logprobs is not None:
+                logprobs.extend(canvas.logprobs[0, : len(block) if eos_at is None else eos_at].tolist())
             finished = eos_at is not None
             # A committed-canvas callback returning True ends the generation (e.g. the block is closed).
             if on_canvas is not None and on_canvas(stats.steps, list(output), True):
@@ -191,7 +217,83 @@ class Engine:
                 break
         stats.generated_tokens = len(output)
         stats.total_ms = (time.perf_counter() - begin) * 1000
-        return Generation(output, finished, stats)
+        return Generation(output, finished, stats, logprobs)
+
+    def _generate_verified(self, prompt_ids, sampler, should_stop, on_canvas, deadline, cache_key) -> Generation:
+        """Verified decoding: each canvas is a draft whose first position holds the pending greedy token; one
+        causal encoder pass over it predicts every next token, the agreeing prefix is kept (its K/V stay in the
+        cache, the rest is rolled back) and the encoder's token at the first disagreement becomes the next
+        draft's pending token. The kept text is exactly greedy token-by-token decoding."""
+        stats = GenerationStats(prefill_tokens=len(prompt_ids))
+        begin = time.perf_counter()
+        last_hidden: list[torch.Tensor] = []
+        cache = self.prefill(prompt_ids, stats, cache_key, should_stop=should_stop, last_hidden=last_hidden)
+        if cache is None:
+            stats.stopped = True
+            stats.total_ms = (time.perf_counter() - begin) * 1000
+            return Generation([], False, stats)
+        draft_sampler = replace(sampler, max_steps=sampler.verify_steps or sampler.max_steps)
+        budget = sampler.canvas_length * sampler.max_canvases
+        generator = self._generator(sampler.seed)
+        pending_logprobs = torch.log_softmax(self._lm_logits(last_hidden[0]), dim=-1)  # [1, V]
+        pending = int(pending_logprobs.argmax(-1))
+        output: list[int] = []
+        logprobs: list[float] = [float(pending_logprobs.max())]
+        finished = False
+        while not finished and len(output) < budget:
+            if pending in self.eos_ids:
+                finished = True
+                break
+            if should_stop():
+                stats.stopped = True
+                break
+            length = min(sampler.canvas_length, budget - len(output))
+            canvas = denoise_canvas(
+                self._denoiser(cache, cache.get_seq_length(), length), replace(draft_sampler, canvas_length=length),
+                self.vocab_size, self.device, generator=generator, should_stop=should_stop,
+                on_step=_step_reporter(on_canvas, output), deadline=deadline, fused_sampling=self.fused_sampling,
+                fixed=[pending], eos_ids=self._eos_frozen,
+            )
+            stats.canvases += 1
+            stats.steps += canvas.steps
+            stats.decode_ms += canvas.ms
+            if canvas.stopped:
+                stats.stopped = True
+                break
+            draft = [pending, *canvas.tokens[0, 1:].tolist()]
+            kept, pending, step_logprobs = self._verify(cache, draft)
+            stats.verifications += 1
+            stats.encoder_passes += 1
+            stats.accepted_tokens += len(kept)
+            eos_at = next((i for i, token in enumerate(kept) if token in self.eos_ids), None)
+            finished = eos_at is not None
+            output.extend(kept[:eos_at])
+            logprobs.extend(step_logprobs)  # logprobs[j] is the j-th greedy token's, the pending one's last
+            if on_canvas is not None and on_canvas(stats.steps, list(output), True):
+                finished = True
+            if deadline is not None and time.monotonic() >= deadline:
+                stats.hit_deadline = not finished
+                break
+        output = output[:budget]
+        logprobs = logprobs[: len(output)]
+        stats.generated_tokens = len(output)
+        stats.total_ms = (time.perf_counter() - begin) * 1000
+        return Generation(output, finished, stats, logprobs)
+
+    def _verify(self, cache: DynamicCache, draft: list[int]) -> tuple[list[int], int, list[float]]:
+        """One encoder pass over `draft` (its first token is the greedy one already): the longest prefix the
+        encoder's greedy predictions agree with, the encoder's token after it, and the log-probabilities of
+        the kept tokens after the first and of that next token. The cache keeps the K/V of the kept tokens."""
+        mark = cache_mark(cache)
+        hidden = self.encode(cache, draft)  # [1, L, H]
+        log_probs = torch.log_softmax(self._lm_logits(hidden[0]), dim=-1)  # [L, V]: position i predicts i + 1
+        best, predicted = log_probs.max(dim=-1)
+        predicted_ids = predicted.tolist()
+        kept = 1
+        while kept < len(draft) and draft[kept] == predicted_ids[kept - 1]:
+            kept += 1
+        rollback(cache, mark, appended=len(draft), keep=kept)
+        return draft[:kept], predicted_ids[kept - 1], best[:kept].tolist()
 
     def _denoiser(self, cache: DynamicCache, position: int, canvas_length: int):
         positions = torch.arange(position, position + canvas_length, device=self.device).unsqueeze(0)
@@ -244,9 +346,12 @@ class Engine:
             stats.encoder_passes = 1
             stats.prefill_ms = (time.perf_counter() - begin) * 1000
             output: list[int] = []
+            logprobs: list[float] = []
             finished = False
             for index in range(max_new_tokens):
-                next_id = int(self._lm_logits(hidden[:, -1]).argmax(-1))
+                best, chosen = torch.log_softmax(self._lm_logits(hidden[:, -1]), dim=-1).max(dim=-1)
+                next_id = int(chosen)
+                logprobs.append(float(best))
                 if next_id in self.eos_ids:
                     finished = True
                     break
@@ -261,7 +366,7 @@ class Engine:
             stats.generated_tokens = len(output)
             stats.total_ms = (time.perf_counter() - begin) * 1000
             stats.decode_ms = stats.total_ms - stats.prefill_ms
-            return Generation(output, finished, stats)
+            return Generation(output, finished, stats, logprobs[: len(output)])
 
     def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.model.lm_head(hidden).float()

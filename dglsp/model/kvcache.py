@@ -178,3 +178,36 @@ class PrefixCache:
             keys.append(new_keys)
             values.append(new_values)
         return _Entry(list(prompt_ids), keys, values)
+
+
+# -- rolling back tokens appended to a cache ------------------------------------------------------------
+
+CacheMark = list[tuple[torch.Tensor | None, torch.Tensor | None, int]]
+
+
+def cache_mark(cache: DynamicCache) -> CacheMark:
+    """What each layer holds now, so tokens appended after this can be partly taken back (`rollback`).
+    Appending never writes into these tensors: a layer's update concatenates into new ones."""
+    return [(layer.keys, layer.values, layer.get_seq_length() if layer.is_initialized else 0)
+            for layer in cache.layers]
+
+
+def rollback(cache: DynamicCache, mark: CacheMark, appended: int, keep: int) -> None:
+    """Of the `appended` tokens added since `mark`, keep the first `keep` and forget the rest.
+
+    A sliding layer holds only its last `window - 1` tokens, so `DynamicCache.crop` cannot undo an append
+    once the window is full; here the kept tokens' K/V (the new ones are the layer's last `appended`) are
+    re-joined to what the layer held at the mark, exactly as appending only them would have left it.
+    """
+    assert 0 <= keep <= appended
+    for layer, (keys, values, length) in zip(cache.layers, mark, strict=True):
+        assert appended <= layer.keys.shape[-2], "appended more tokens than a sliding window holds"
+        new_keys = layer.keys[:, :, layer.keys.shape[-2] - appended:][:, :, :keep]
+        new_values = layer.values[:, :, layer.values.shape[-2] - appended:][:, :, :keep]
+        if keys is not None and length:
+            new_keys, new_values = torch.cat([keys, new_keys], dim=-2), torch.cat([values, new_values], dim=-2)
+        if layer.is_sliding:
+            window = layer.sliding_window - 1
+            new_keys, new_values = new_keys[:, :, -window:], new_values[:, :, -window:]
+            layer.cumulative_length = length + keep
+        layer.keys, layer.values = new_keys, new_values

@@ -392,6 +392,9 @@ class RemoteBackend:
     def default_steps(self) -> int:
         return DEFAULT_MAX_STEPS  # the server keeps its own schedule; vLLM refuses a step count per request
 
+    def resolved(self, sampler: SamplerSettings) -> SamplerSettings:
+        return sampler  # the server runs its own schedule and decoding: nothing to resolve here
+
     def prompt_mismatch(self, prompt_ids: list[int]) -> str | None:
         """Why the server would see other tokens than `prompt_ids` once they are rendered as text, or None."""
         if prompt_round_trips(self.tokenizer, prompt_ids):

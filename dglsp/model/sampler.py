@@ -30,8 +30,9 @@ class CanvasResult:
     tokens: torch.Tensor  # [1, L] argmax canvas: the committed block
     steps: int  # decoder forward passes spent on it
     stopped: bool  # the stop flag ended it before the schedule did
-    converged: bool  # the stable-and-confident criterion ended it
+    converged: bool  # the stable-and-confident criterion (or the settle rule) ended it
     ms: float
+    logprobs: torch.Tensor | None = None  # [1, L] the decoder's log-probability of each argmax token, last step
 
 
 def temperature_at(step_remaining: int, settings: SamplerSettings) -> torch.Tensor:
@@ -79,20 +80,28 @@ def denoise_canvas(
     on_step: StepCallback | None = None,
     deadline: float | None = None,
     fused_sampling: bool = False,
+    fixed: list[int] | None = None,
+    eos_ids: frozenset[int] = frozenset(),
 ) -> CanvasResult:
     """Denoise one canvas of `settings.canvas_length` tokens from uniform noise.
 
     `deadline` (a `time.monotonic()` value) ends the loop like the stop flag does, but the
     best canvas so far is still returned (`stopped` stays False): callers use it as the draft.
     `fused_sampling` takes `fused_sample` instead of the reference math (the engine sets it on GPUs).
+    `fixed` tokens hold the canvas's first positions throughout (verified decoding's pending token).
+    `eos_ids` let `settings.settle_steps` end the canvas once it has settled up to its first EOS.
     """
     assert settings.canvas_length > 0 and settings.max_steps > 0
     start = time.perf_counter()
     shape = (1, settings.canvas_length)
     canvas = torch.randint(0, vocab_size, shape, device=device, generator=generator)  # [1, L]
+    pinned = torch.tensor([fixed], device=device) if fixed else None  # [1, F]
+    if pinned is not None:
+        canvas[:, : pinned.shape[1]] = pinned
     argmax_canvas = canvas
     self_conditioning: torch.Tensor | None = None
     history = torch.full((settings.stability_threshold, *shape), -1, dtype=torch.long, device=device)
+    settle = _Settle(settings.settle_steps, eos_ids)
     steps = 0
     converged = stopped = False
     for step_remaining in range(settings.max_steps, 0, -1):
@@ -110,7 +119,11 @@ def denoise_canvas(
         noise = torch.randint(0, vocab_size, shape, device=device, generator=generator)
         canvas = torch.where(accepted, sampled, canvas)
         canvas = torch.where(~accepted, noise, canvas)
+        if pinned is not None:
+            canvas[:, : pinned.shape[1]] = pinned
+            argmax_canvas[:, : pinned.shape[1]] = pinned
         converged = _stable_and_confident(history, argmax_canvas, entropy, settings)
+        converged = settle.done(argmax_canvas) or converged
         self_conditioning = logits
         if on_step is not None:
             on_step(steps, argmax_canvas)
@@ -121,7 +134,29 @@ def denoise_canvas(
             break
         if deadline is not None and time.monotonic() >= deadline:
             break
-    return CanvasResult(argmax_canvas, steps, stopped, converged, (time.perf_counter() - start) * 1000)
+    logprobs = None if self_conditioning is None else torch.log_softmax(
+        self_conditioning.float(), dim=-1).max(dim=-1).values  # [1, L]
+    return CanvasResult(argmax_canvas, steps, stopped, converged, (time.perf_counter() - start) * 1000, logprobs)
+
+
+class _Settle:
+    """The canvas has settled when its argmax up to and including the first EOS (all of it when there is none)
+    is the same for `steps` steps in a row; 0 never settles."""
+
+    def __init__(self, steps: int, eos_ids: frozenset[int]):
+        self.steps, self.eos_ids = steps, eos_ids
+        self.last: list[int] | None = None
+        self.unchanged = 0
+
+    def done(self, argmax_canvas: torch.Tensor) -> bool:
+        if not self.steps:
+            return False
+        tokens = argmax_canvas[0].tolist()
+        cut = next((i + 1 for i, token in enumerate(tokens) if token in self.eos_ids), len(tokens))
+        head = tokens[:cut]
+        self.unchanged = self.unchanged + 1 if head == self.last else 0
+        self.last = head
+        return self.unchanged >= self.steps
 
 
 def _stable_and_confident(

@@ -299,15 +299,18 @@ def side_by_side(args: argparse.Namespace, contexts: list[tuple[str, int, str]],
     sampler = replace(settings.sampler, canvas_length=args.tokens, seed=args.seed)
     picked = contexts[:: max(1, len(contexts) // args.completions)][: args.completions]
     rows: dict[str, list[float]] = {k: [] for k in ("diffusion_ms", "diffusion_fp", "diffusion_tokens", "ar_ms",
-                                                    "ar_fp", "ar_tokens", "ms_per_step", "cold_ms", "warm_ms",
-                                                    "prompt_tokens")}
+                                                    "ar_fp", "ar_tokens", "verified_ms", "verified_fp",
+                                                    "verified_tokens", "verified_accepted", "ms_per_step", "cold_ms",
+                                                    "warm_ms", "prompt_tokens")}
     engine.generate(builder.build(completer.context_at(*picked[0][:2], settings)).ids, sampler)  # warm-up
     for text, offset, path in picked:
         context = completer.context_at(text, offset, settings, path, "python")
         ids = builder.build(context).ids
-        diffusion = engine.generate(ids, sampler)
+        diffusion = engine.generate(ids, replace(sampler, verify=False))
         autoregressive = engine.generate_autoregressive(ids, max_new_tokens=args.tokens)
-        for prefix, generation in (("diffusion", diffusion), ("ar", autoregressive)):
+        verified = engine.generate(ids, replace(sampler, verify=True))
+        rows["verified_accepted"].append(verified.stats.accepted_per_verification)
+        for prefix, generation in (("diffusion", diffusion), ("ar", autoregressive), ("verified", verified)):
             rows[f"{prefix}_ms"].append(generation.stats.total_ms)
             rows[f"{prefix}_fp"].append(generation.stats.forward_passes)
             rows[f"{prefix}_tokens"].append(generation.stats.generated_tokens)
@@ -414,6 +417,9 @@ def print_table(result: dict) -> None:
              f"{compare['diffusion_tokens']:.0f} tokens, {compare['ms_per_step']:.1f} ms/step"),
             ("token-by-token, same weights and prompts (mean)",
              f"{compare['ar_ms']:.0f} ms, {compare['ar_fp']:.1f} forward passes, {compare['ar_tokens']:.0f} tokens"),
+            ("verified (greedy text), same prompts (mean)",
+             f"{compare['verified_ms']:.0f} ms, {compare['verified_fp']:.1f} forward passes, "
+             f"{compare['verified_tokens']:.0f} tokens, {compare['verified_accepted']:.2f} tokens per verification"),
             ("block diffusion speed-up (wall time)", _fmt(ratio, "x")),
             (f"prefill of {compare['prompt_tokens']:.0f} tokens: cold / keystroke warm",
              f"{compare['cold_ms']:.1f} ms / {compare['warm_ms']:.1f} ms "

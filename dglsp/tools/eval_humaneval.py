@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from dglsp.completion.completer import Completer
+from dglsp.completion.confidence import confidence, covering_count
 from dglsp.completion.postprocess import FILTERS, postprocess_edit
 from dglsp.completion.prompt import CursorContext, PromptBuilder
 from dglsp.config import ContextSettings, EngineSettings, PostprocessSettings, SamplerSettings
@@ -78,6 +79,8 @@ class Row:
     exact: int = 0
     forward_passes: float = 0.0
     ms_per_completion: float = 0.0
+    steps_per_canvas: float = 0.0  # denoising steps per canvas (per draft, when verified)
+    accepted_per_verification: float = 0.0  # verified decoding: tokens each encoder check committed
 
     @property
     def pass_at_1(self) -> float:
@@ -181,19 +184,20 @@ def is_exact(completion: str, problem: Problem) -> bool:
 @dataclass(frozen=True)
 class EvalOptions:
     benchmarks: tuple[str, ...] = ("single-line", "multi-line")
-    decodings: tuple[str, ...] = ("diffusion", "autoregressive")
+    decodings: tuple[str, ...] = ("diffusion", "autoregressive", "verified")
     limit: int = 0
     data_dir: Path = HUMAN_EVAL_DIR
     max_canvases_multi_line: int = 2
     timeout_s: float = 10.0
     seed: int = 0
     pipeline: bool = False  # also score dglsp's post-processing (and each filter switched off) on the same outputs
+    calibrate: bool = False  # record (confidence of the pipeline's text, its outcome) per completion
 
 
 def complete(engine: Engine, decoding: str, prompt_ids: list[int], sampler: SamplerSettings) -> tuple[Generation, int]:
     """One completion and its forward passes (encoder calls + decoder calls over canvases)."""
-    if decoding == "diffusion":
-        generation = engine.generate(prompt_ids, sampler)
+    if decoding in ("diffusion", "verified"):
+        generation = engine.generate(prompt_ids, replace(sampler, verify=decoding == "verified"))
         return generation, generation.stats.steps + generation.stats.encoder_passes
     if decoding == "autoregressive":
         generation = engine.generate_autoregressive(prompt_ids, sampler.canvas_length * sampler.max_canvases)
@@ -208,6 +212,12 @@ class Output:
     text: str
     forward_passes: float
     ms: float
+    steps: int = 0
+    canvases: int = 0
+    verifications: int = 0
+    accepted: int = 0
+    logprobs: list[float] | None = None  # per generated token (see completion/confidence.py)
+    text_lengths: list[int] | None = None  # [k]: length of the first k tokens' text, trailing space stripped
 
 
 # (benchmark, decoding, problem) -> its output; a model run, or outputs recorded by an earlier run.
@@ -229,7 +239,10 @@ def model_source(engine: Engine, builder: PromptBuilder, base_sampler: SamplerSe
         begin = time.perf_counter()
         generation, passes = complete(engine, decoding, prompt_ids, sampler)
         ms = (time.perf_counter() - begin) * 1000
-        return Output(decode(generation.token_ids), passes, ms)
+        ids, stats = generation.token_ids, generation.stats
+        lengths = [len(decode(ids[:count]).rstrip()) for count in range(len(ids) + 1)] if options.calibrate else None
+        return Output(decode(ids), passes, ms, stats.steps, stats.canvases, stats.verifications,
+                      stats.accepted_tokens, generation.token_logprobs, lengths)
 
     return generate
 
@@ -239,8 +252,8 @@ def recorded_source(path: Path) -> Source:
     recorded = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         entry = json.loads(line)
-        recorded[(entry["benchmark"], entry["decoding"], entry["task_id"])] = Output(
-            entry["text"], entry["forward_passes"], entry["ms"])
+        fields = {name: entry[name] for name in Output.__dataclass_fields__ if name in entry}
+        recorded[(entry["benchmark"], entry["decoding"], entry["task_id"])] = Output(**fields)
 
     def generate(benchmark: str, decoding: str, problem: Problem) -> Output:
         try:
@@ -255,6 +268,7 @@ def evaluate(source: Source, options: EvalOptions, log: Callable[[str], None] = 
              outputs: list[dict] | None = None) -> dict:
     """Score every (benchmark, decoding) on `source`'s outputs; `outputs`, if given, collects them."""
     rows: list[Row] = []
+    calibration: dict[str, dict[str, list]] = {}
     blank_floor = None
     for benchmark in options.benchmarks:
         problems = load_problems(benchmark, options.data_dir, limit=options.limit)
@@ -273,6 +287,11 @@ def evaluate(source: Source, options: EvalOptions, log: Callable[[str], None] = 
                                     **asdict(output)})
                 row.ms_per_completion += output.ms / len(problems)
                 row.forward_passes += output.forward_passes / len(problems)
+                row.steps_per_canvas += output.steps / max(1, output.canvases) / len(problems)
+                row.accepted_per_verification += output.accepted / max(1, output.verifications) / len(problems)
+                if options.calibrate:
+                    calibration.setdefault(decoding, {}).setdefault(benchmark, []).append(
+                        calibration_point(output, problem, options.timeout_s))
                 for variant, variant_row in extra.items():
                     piped = pipeline_completion(output.text, problem, variant)
                     variant_row.passed += check_completion(problem, piped, options.timeout_s).passed
@@ -286,7 +305,20 @@ def evaluate(source: Source, options: EvalOptions, log: Callable[[str], None] = 
             for variant_row in extra.values():
                 variant_row.forward_passes, variant_row.ms_per_completion = row.forward_passes, row.ms_per_completion
                 rows.append(variant_row)
-    return {"rows": [r.as_dict() for r in rows], "blank_floor": blank_floor}
+    result = {"rows": [r.as_dict() for r in rows], "blank_floor": blank_floor}
+    if options.calibrate:
+        result["calibration"] = calibration
+    return result
+
+
+def calibration_point(output: Output, problem: Problem, timeout_s: float) -> list:
+    """[confidence of the text the pipeline would show, passed, exact] (confidence None: nothing shown)."""
+    shown = pipeline_completion(output.text, problem)
+    if not shown.strip() or output.logprobs is None or output.text_lengths is None:
+        return [None, False, False]
+    count = covering_count(lambda k: output.text_lengths[k], len(output.text_lengths) - 1, shown)
+    return [confidence(output.logprobs, count), check_completion(problem, shown, timeout_s).passed,
+            is_exact(shown, problem)]
 
 
 def cold_latency_ms(engine: Engine, builder: PromptBuilder, sampler: SamplerSettings, prompt_tokens: int = 1000
@@ -306,10 +338,12 @@ def cold_latency_ms(engine: Engine, builder: PromptBuilder, sampler: SamplerSett
 
 
 def render(result: dict) -> str:
-    lines = [f"{'decoding':<28} {'benchmark':<12} {'n':>5} {'pass@1':>7} {'exact':>6} {'fwd':>6} {'ms':>8}"]
+    lines = [f"{'decoding':<28} {'benchmark':<12} {'n':>5} {'pass@1':>7} {'exact':>6} {'fwd':>6} {'ms':>8} "
+             f"{'steps/canvas':>12} {'tok/verify':>10}"]
     for row in result["rows"]:
         lines.append(f"{row['decoding']:<28} {row['benchmark']:<12} {row['problems']:>5} {row['pass_at_1']:>7.3f} "
-                     f"{row['exact_match']:>6.3f} {row['forward_passes']:>6.1f} {row['ms_per_completion']:>8.0f}")
+                     f"{row['exact_match']:>6.3f} {row['forward_passes']:>6.1f} {row['ms_per_completion']:>8.0f} "
+                     f"{row.get('steps_per_canvas', 0):>12.2f} {row.get('accepted_per_verification', 0):>10.2f}")
     if result.get("blank_floor") is not None:
         lines.append(f"blank-line floor (single-line): {result['blank_floor']:.3f}")
     if result.get("cold_latency"):
@@ -330,9 +364,9 @@ def run(args: argparse.Namespace) -> int:
                          "model run")
     options = EvalOptions(
         benchmarks=tuple(args.benchmark or ("single-line", "multi-line")),
-        decodings=tuple(args.decoding or ("diffusion", "autoregressive")),
+        decodings=tuple(args.decoding or EvalOptions.decodings),
         limit=args.limit or 0, data_dir=args.data or HUMAN_EVAL_DIR, max_canvases_multi_line=args.max_canvases,
-        timeout_s=args.timeout, seed=args.seed,
+        timeout_s=args.timeout, seed=args.seed, calibrate=args.calibrate,
         pipeline=args.pipeline,
     )
     log = (lambda message: print(message, file=sys.stderr)) if args.verbose else (lambda message: None)
@@ -348,8 +382,11 @@ def run(args: argparse.Namespace) -> int:
     sampler = SamplerSettings(**bundle.meta.get("sampler", {"canvas_length": engine.default_canvas_length}))
     if args.canvas_length:
         sampler = replace(sampler, canvas_length=args.canvas_length)
-    # The steps the engine would take (the model's own when unset), so eval.json records what ran.
-    sampler = replace(sampler, max_steps=args.max_steps or sampler.max_steps or engine.default_steps)
+    for name in ("verify_steps", "settle_steps"):
+        if getattr(args, name) is not None:
+            sampler = replace(sampler, **{name: getattr(args, name)})
+    # The schedule the engine would take (the model's own where unset), so eval.json records what ran.
+    sampler = engine.resolved(replace(sampler, max_steps=args.max_steps or sampler.max_steps))
     outputs: list[dict] | None = [] if args.save_outputs else None
     result = evaluate(model_source(engine, builder, sampler, options, completer.decode), options, log=log,
                       outputs=outputs)

@@ -151,9 +151,10 @@ def generation_config_for(
     )
 
 
-def fim_format_spec() -> dict:
-    """The prompt format our own models are trained with (read back by `prompt.PromptFormat`)."""
-    return {"kind": "fim", "tokens": dict(SPECIAL_TOKENS)}
+def fim_format_spec(snippets: bool = False) -> dict:
+    """The prompt format our own models are trained with (read back by `prompt.PromptFormat`); `snippets`: it
+    was trained with snippets of other files in the prompt, so the server adds them by default."""
+    return {"kind": "fim", "tokens": dict(SPECIAL_TOKENS), **({"snippets": True} if snippets else {})}
 
 
 def save_model_dir(
@@ -163,6 +164,7 @@ def save_model_dir(
     sampler: SamplerSettings | None = None,
     dtype: torch.dtype | None = None,
     extra: dict | None = None,
+    snippets: bool = False,
 ) -> Path:
     """Write a model directory dglsp (and transformers) can load: safetensors only."""
     out_dir = Path(out_dir)
@@ -172,7 +174,7 @@ def save_model_dir(
     to_save = model if dtype is None else model.to(dtype)
     to_save.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    meta = {"prompt_format": fim_format_spec(), "sampler": asdict(sampler), **(extra or {})}
+    meta = {"prompt_format": fim_format_spec(snippets), "sampler": asdict(sampler), **(extra or {})}
     (out_dir / "dglsp.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir
 

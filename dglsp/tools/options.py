@@ -15,7 +15,7 @@ from pathlib import Path
 DEFAULT_WORK_DIR = Path(os.environ.get("DGLSP_TRAIN_DIR", Path.home() / "dglsp-train"))
 PRESET_NAMES = ("tiny", "small", "base")  # modelzoo.PRESETS (a test checks they agree)
 BENCHMARKS = ("single-line", "multi-line", "random-span")
-DECODINGS = ("diffusion", "autoregressive")
+DECODINGS = ("diffusion", "autoregressive", "verified")
 REPO_HOLE_KINDS = ("rest-of-line", "whole-line", "block", "random-span")
 DRAFT_LENGTHS = (128, 256, 512)
 EMBEDDED = "embedded"  # --resume-from's name for the model shipped in the package
@@ -41,6 +41,12 @@ class TrainConfig:
     # The exported model's serving default (dglsp.json sampler.max_steps), from `dglsp eval --max-steps` sweeps:
     # on the 6200-step model, 8 steps passed as many single-line problems as 24 at a third of the passes.
     serve_steps: int = 8
+    # The rest of the exported serving defaults, each chosen by a `dglsp eval` sweep (see the model card):
+    # verified decoding and its steps per draft, the settle rule, and the confidence gate's threshold.
+    serve_verify: bool = False
+    serve_verify_steps: int = 1
+    serve_settle_steps: int = 0
+    serve_min_confidence: float = 0.0
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     t_eps: float = 1e-3
@@ -61,6 +67,10 @@ class TrainConfig:
     precision: str = "auto"
     threads: int = 0
     max_package_bytes: int = 6_000_000
+    # Snippets of sibling files in the prompt, picked as the server picks snippets of other open files, for
+    # this share of the examples; the exported model then takes snippets by default (dglsp.json).
+    snippet_prob: float = 0.5
+    max_snippet_tokens: int = 160
     # With no checkpoint in the work dir, a run goes on from this shipped model directory (weights, tokenizer,
     # step and counters from its dglsp.json) instead of random weights; "" starts from scratch.
     resume_from: str = EMBEDDED
@@ -99,9 +109,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     config = parser.add_argument_group("training config (defaults in dglsp/tools/options.py: TrainConfig)")
     for spec in fields(TrainConfig):
         default = spec.default
-        config.add_argument(f"--{spec.name.replace('_', '-')}", type=type(default), default=default,
+        kind = _boolean if isinstance(default, bool) else type(default)
+        config.add_argument(f"--{spec.name.replace('_', '-')}", type=kind, default=default,
                             choices=CHOICES.get(spec.name),
                             help=f"{FIELD_HELP.get(spec.name, spec.name.replace('_', ' '))} (default: %(default)s)")
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -133,6 +152,17 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                             help="denoising steps per canvas (default: the model's)")
     human_eval.add_argument("--canvas-length", type=int, default=None,
                             help="tokens per canvas (default: the model's dglsp.json, else its config's)")
+    human_eval.add_argument("--verify-steps", type=int, default=None,
+                            help="verified decoding: denoising steps per draft (default: the model's)")
+    human_eval.add_argument("--settle-steps", type=int, default=None,
+                            help="end a canvas once its argmax up to EOS is unchanged for N steps (0: off; "
+                                 "default: the model's)")
+    human_eval.add_argument("--calibrate", action="store_true",
+                            help="record each completion's confidence with its pipeline outcome (for "
+                                 "`dglsp eval --plot-gate`)")
+    human_eval.add_argument("--plot-gate", type=Path, nargs="+", metavar=("EVAL_JSON", "PNG"), default=None,
+                            help="plot precision against coverage of the confidence gate from --calibrate runs' "
+                                 "JSON files into the last argument (a PNG), and print the table")
     human_eval.add_argument("--timeout", type=float, default=10.0, help="seconds per executed program")
     human_eval.add_argument("--no-latency", action="store_true", help="skip the cold ~1k-token completion timing")
     human_eval.add_argument("--record", action="store_true",

@@ -35,15 +35,16 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrainedTokenizerBase
 
-from dglsp.completion.prompt import CursorContext, PromptFormat, encode_fim, trim_to_tokens
-from dglsp.config import SamplerSettings
+from dglsp.completion.prompt import CursorContext, PromptBuilder, PromptFormat
+from dglsp.completion.snippets import OpenDocument, pick_snippets
+from dglsp.config import ContextSettings, SamplerSettings
 from dglsp.model.loading import EMBEDDED_MODEL_DIR, cpu_has_bf16_matmuls
 from dglsp.tools import corpus, modelzoo, options
 from dglsp.tools.options import TrainConfig
@@ -56,6 +57,10 @@ MIDDLE_KIND_WEIGHTS = (0.35, 0.2, 0.2, 0.15, 0.1)
 Log = Callable[[str], None]
 HELD_OUT_EVERY = 97  # one file in ~100 (by a stable hash of its path) is held out
 PAUSE_FILE = "PAUSE"  # while this file exists in the work dir, training sleeps (after a checkpoint)
+SIBLINGS_PER_EXAMPLE = 4  # other files of the package an example's snippets may come from
+SNIPPETS_PER_EXAMPLE = 2
+SNIPPET_LINES = 8  # shorter chunks than the server's 12: two fit the training prompt's smaller snippet budget
+MAX_SIBLING_CHARS = 50_000  # scanning larger files for snippets costs more than it teaches
 
 
 @dataclass
@@ -136,17 +141,26 @@ def choose_gap(text: str, rng: random.Random) -> tuple[int, int, str]:
 def make_example(
     file: corpus.SourceFile, rng: random.Random, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
     canvas_length: int, max_prefix_tokens: int, max_suffix_tokens: int,
+    siblings: list[corpus.SourceFile] = (), max_snippet_tokens: int = 0,
 ) -> Example:
+    """One FIM example, its prompt built by the serving path's `PromptBuilder` (the same trimming, the enclosing
+    definition kept on top of a cut prefix); with `siblings`, snippets of them picked as the server picks
+    snippets of the other open files."""
     text = file.text
     start, end, kind = choose_gap(text, rng)
     middle = tokenizer.encode(text[start:end], add_special_tokens=False)
     if len(middle) > canvas_length - 1:  # keep room for EOS; the cut end becomes the start of the suffix
         middle = middle[: canvas_length - 1]
         end = start + len(tokenizer.decode(middle))
-    # The serving path's own trimming (whole lines, prefix keeps its end, suffix its start).
-    prefix_text = trim_to_tokens(tokenizer, text[max(0, start - 8 * max_prefix_tokens):start], max_prefix_tokens, "end")
-    suffix_text = trim_to_tokens(tokenizer, text[end:end + 8 * max_suffix_tokens], max_suffix_tokens, "start")
-    ids = encode_fim(tokenizer, fmt, CursorContext(prefix_text, suffix_text, path=file.path))
+    settings = ContextSettings(max_prefix_tokens=max_prefix_tokens, max_suffix_tokens=max_suffix_tokens,
+                               snippets="on" if siblings else "off", max_snippet_tokens=max_snippet_tokens,
+                               max_snippets=SNIPPETS_PER_EXAMPLE, snippet_lines=SNIPPET_LINES)
+    context = CursorContext(text[max(0, start - 8 * max_prefix_tokens):start], text[end:end + 8 * max_suffix_tokens],
+                            path=file.path, language_id="python")
+    if siblings:
+        documents = [OpenDocument(f"{s.package}/{s.path}", s.path, "python", s.text) for s in siblings]
+        context = replace(context, snippets=pick_snippets(f"{file.package}/{file.path}", context, documents, settings))
+    ids = PromptBuilder(tokenizer, fmt, settings).build(context).ids
     token = tokenizer.convert_tokens_to_ids
     prefix_at = ids.index(token(fmt.tokens["prefix"]))
     suffix_at = ids.index(token(fmt.tokens["suffix"]))
@@ -196,6 +210,10 @@ class ExampleStream:
         self.weights = [len(f.text) ** 0.5 for f in files]  # sqrt: long files matter more, without dominating
         self.tokenizer, self.fmt, self.cfg, self.canvas = tokenizer, fmt, cfg, canvas
         self.pool: list[Example] = []
+        self.by_package: dict[str, list[corpus.SourceFile]] = {}
+        for file in files:
+            if len(file.text) <= MAX_SIBLING_CHARS:
+                self.by_package.setdefault(file.package, []).append(file)
 
     def batch(self, step: int) -> Batch:
         if len(self.pool) < self.cfg.batch_size:
@@ -214,8 +232,18 @@ class ExampleStream:
         return [e for b in batches for e in b]
 
     def _example(self, file: corpus.SourceFile, rng: random.Random) -> Example:
-        return make_example(file, rng, self.tokenizer, self.fmt, self.canvas,
-                            self.cfg.max_prefix_tokens, self.cfg.max_suffix_tokens)
+        siblings = self._siblings(file, rng) if rng.random() < self.cfg.snippet_prob else []
+        return make_example(file, rng, self.tokenizer, self.fmt, self.canvas, self.cfg.max_prefix_tokens,
+                            self.cfg.max_suffix_tokens, siblings, self.cfg.max_snippet_tokens)
+
+    def _siblings(self, file: corpus.SourceFile, rng: random.Random) -> list[corpus.SourceFile]:
+        """Up to SIBLINGS_PER_EXAMPLE other files of its package, from its own directory first: the files a
+        programmer has open beside it."""
+        group = self.by_package.get(file.package, [])
+        directory = file.path.rsplit("/", 1)[0] if "/" in file.path else ""
+        near = [f for f in group if f is not file and f.path.startswith(directory)]
+        pool = near if len(near) >= 2 else [f for f in group if f is not file]
+        return rng.sample(pool, min(SIBLINGS_PER_EXAMPLE, len(pool)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -320,7 +348,8 @@ def prepare(work_dir: Path, cfg: TrainConfig, log: Log) -> tuple[list[corpus.Sou
         manifest = json.loads(manifest_path.read_text())
         log(f"reusing corpus ({len(files)} files) and tokenizer from {work_dir}")
     else:
-        files, entries = corpus.build_corpus(cfg.max_package_bytes, log=log)
+        built = corpus.build(work_dir / "packages", max_package_bytes=cfg.max_package_bytes or None, log=log)
+        files, entries = built.files, built.entries
         if tokenizer is None:
             log(f"training the tokenizer (vocab {cfg.vocab_size})")
             # The stdlib whole plus a third of the rest: BPE merges settle long before the corpus ends.
@@ -328,7 +357,7 @@ def prepare(work_dir: Path, cfg: TrainConfig, log: Log) -> tuple[list[corpus.Sou
             tokenizer = modelzoo.train_tokenizer(sample, cfg.vocab_size)
             tokenizer.save_pretrained(tokenizer_dir)
         corpus.count_tokens(files, entries, tokenizer)
-        manifest = corpus.manifest(entries)
+        manifest = built.manifest()
         corpus.save_files(files, files_path)
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     train_files = [f for f in files if not is_held_out(f)]
@@ -372,18 +401,22 @@ def export_model(model: DiffusionGemmaForBlockDiffusion, tokenizer: PreTrainedTo
     dtype = torch.float16 if biggest < 60_000 else torch.bfloat16  # fp16 keeps more mantissa when it fits
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    sampler = SamplerSettings(canvas_length=model.config.canvas_length, max_steps=cfg.serve_steps)
+    sampler = SamplerSettings(canvas_length=model.config.canvas_length, max_steps=cfg.serve_steps,
+                              verify=cfg.serve_verify, verify_steps=cfg.serve_verify_steps,
+                              settle_steps=cfg.serve_settle_steps)
     training = {
         "preset": cfg.preset, "steps": state.step, "tokens_seen": state.tokens_seen,
         "loss_tokens_seen": state.loss_tokens_seen, "train_hours": round(state.train_seconds / 3600, 3),
-        "cpu_hours": round(state.cpu_seconds / 3600, 3), "log": state.stretches,
+        "cpu_hours": round(state.cpu_seconds / 3600, 5), "log": state.stretches,
         "best_held_out_loss": state.best_held_out if math.isfinite(state.best_held_out) else None,
         "last": state.history[-1] if state.history else None,
         "device": cfg.device, "threads": cfg.threads, "weights_dtype": str(dtype).removeprefix("torch."),
         "compute": str(autocast_dtype(cfg, next(model.parameters()).device) or torch.float32).removeprefix("torch."),
         "parameters": sum(p.numel() for p in model.parameters()), "command": command, "config": asdict(cfg),
     }
-    modelzoo.save_model_dir(frozen, tokenizer, out_dir, sampler=sampler, dtype=dtype, extra={"training": training})
+    modelzoo.save_model_dir(frozen, tokenizer, out_dir, sampler=sampler, dtype=dtype, snippets=cfg.snippet_prob > 0,
+                            extra={"training": training,
+                                   "postprocess": {"min_confidence": cfg.serve_min_confidence}})
     (out_dir / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
     write_model_card(out_dir)
     return out_dir
@@ -687,7 +720,7 @@ def _open_stretch(state: TrainState) -> None:
 
 def _update_stretch(state: TrainState) -> None:
     state.stretches[-1].update({
-        "steps": state.step, "tokens_seen": state.tokens_seen, "cpu_hours": round(state.cpu_seconds / 3600, 2),
+        "steps": state.step, "tokens_seen": state.tokens_seen, "cpu_hours": round(state.cpu_seconds / 3600, 3),
         "held_out_loss": state.best_held_out if math.isfinite(state.best_held_out) else None,
     })
 

@@ -1,0 +1,81 @@
+"""Verified decoding: exactly greedy token-by-token text, with its cache rolled back to the kept tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from dglsp.completion.completer import Completer
+from dglsp.completion.prompt import CursorContext, PromptBuilder
+from dglsp.config import ContextSettings, EngineSettings, SamplerSettings
+from dglsp.model.engine import Engine
+from dglsp.model.kvcache import cache_mark, rollback
+from dglsp.model.loading import load_bundle
+from dglsp.tools import modelzoo
+from dglsp.tools.eval_humaneval import load_problems
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def narrow_window_engine_dir(tmp_path_factory, tiny_tokenizer):
+    """Sliding layers with a 16-token window, far shorter than the prompt: rollback must rebuild them."""
+    preset = dataclasses.replace(modelzoo.PRESETS["tiny"], num_hidden_layers=4, sliding_window=16)
+    model = modelzoo.build_model(preset, len(tiny_tokenizer), seed=1)
+    return modelzoo.save_model_dir(model, tiny_tokenizer, tmp_path_factory.mktemp("narrow16"))
+
+
+@pytest.fixture(scope="module")
+def embedded_engine() -> Engine:
+    return Engine(load_bundle(EngineSettings(device="cpu", dtype="float32")))  # the shipped weights
+
+
+def prompts(engine: Engine, count: int) -> list[list[int]]:
+    builder = PromptBuilder(engine.bundle.tokenizer, Completer(engine.bundle, engine).format, ContextSettings())
+    problems = load_problems("single-line", limit=count // 2) + load_problems("multi-line", limit=count // 2)
+    return [builder.build(CursorContext(p.prompt, p.suffix, path="solution.py")).ids for p in problems]
+
+
+@pytest.mark.parametrize("verify_steps", [1, 3])
+def test_verified_text_is_exactly_greedy_token_by_token_text(embedded_engine, verify_steps):
+    for prompt in prompts(embedded_engine, 8):
+        greedy = embedded_engine.generate_autoregressive(prompt, 32)
+        verified = embedded_engine.generate(prompt, SamplerSettings(canvas_length=32, max_steps=8, verify=True,
+                                                                    verify_steps=verify_steps, seed=0))
+        assert verified.token_ids == greedy.token_ids
+        assert verified.finished == greedy.finished
+        assert verified.stats.verifications >= 1
+        assert verified.stats.accepted_tokens >= len(verified.token_ids)  # every kept token was checked
+        assert verified.token_logprobs == pytest.approx(greedy.token_logprobs, abs=1e-3)
+
+
+def test_forward_passes_fall_by_what_the_drafts_got_accepted(embedded_engine):
+    prompt = prompts(embedded_engine, 2)[0]
+    verified = embedded_engine.generate(prompt, SamplerSettings(canvas_length=32, max_steps=8, verify=True,
+                                                                verify_steps=1, seed=0))
+    stats = verified.stats
+    # One prefill, and per draft one denoising step plus one encoder pass that committed `accepted` tokens.
+    assert stats.steps == stats.verifications and stats.encoder_passes == 1 + stats.verifications
+    assert stats.accepted_tokens >= stats.verifications
+
+
+def test_rollback_leaves_the_cache_as_appending_only_the_kept_tokens(narrow_window_engine_dir):
+    engine = Engine(load_bundle(EngineSettings(model=str(narrow_window_engine_dir), device="cpu", dtype="float32")))
+    prompt = list(range(5, 5 + 40))  # past the 16-token window of the sliding layers
+    extra = list(range(60, 72))
+    rolled = engine.new_cache()
+    engine.encode(rolled, prompt)
+    mark = cache_mark(rolled)
+    engine.encode(rolled, extra)
+    rollback(rolled, mark, appended=len(extra), keep=5)
+    direct = engine.new_cache()
+    engine.encode(direct, prompt + extra[:5])
+    assert rolled.get_seq_length() == direct.get_seq_length() == 45
+    for kept, expected in zip(rolled.layers, direct.layers, strict=True):
+        assert torch.allclose(kept.keys, expected.keys, atol=1e-5)
+        assert torch.allclose(kept.values, expected.values, atol=1e-5)
+    after = engine.encode(rolled, [80, 81])  # and the next tokens see exactly that history
+    reference = engine.encode(direct, [80, 81])
+    assert torch.allclose(after, reference, atol=1e-4)
