@@ -312,6 +312,8 @@ def _tool(command: str):
             from dglsp.tools.eval_repo import run as tool
         elif command == "eval":
             from dglsp.tools.eval_humaneval import run as tool
+        elif command == "bench" and args.random_weights is not None:
+            from dglsp.tools.bench_shapes import run as tool
         elif command == "bench" and args.draft:
             from dglsp.tools.bench_draft import run as tool
         else:

@@ -156,7 +156,11 @@ class LatencySettings:
     """Time-to-suggestion: prefix KV reuse, typing-through, deadlines, speculation, live canvas."""
 
     prefix_cache: bool = True  # keep each document's encoder KV cache; re-encode only what changed
-    prefix_cache_cpu_mb: int = 512  # LRU budget for kept caches when the model is on the CPU (read at start-up)
+    # The LRU budget for kept caches (read at start-up): this many documents' prompts at the context budget, at
+    # the model's KV bytes per token (3 KB for the embedded model: 8 documents ~ 32 MB; ~225 KB for the 26B:
+    # ~2.4 GB), capped by the MB limits below. One document is typed in at a time; a few more are switched to.
+    prefix_cache_documents: int = 8
+    prefix_cache_cpu_mb: int = 512  # cap when the model is on the CPU
     prefix_cache_gpu_mb: int = 4096  # ... on a GPU
     typing_through: bool = True  # typing what the shown suggestion says is answered without the model
     typing_through_lookback: int = 64  # how many just-typed characters to look back over (llama.vim: 32+)
@@ -167,6 +171,7 @@ class LatencySettings:
     compile_decoder: bool = True  # CUDA only: torch.compile the decoder step (read at start-up)
 
     def validate(self) -> None:
+        _require(0 <= self.prefix_cache_documents <= 1024, "prefix_cache_documents must be in 0..1024")
         _require(0 <= self.prefix_cache_cpu_mb <= 1 << 20, "prefix_cache_cpu_mb must be in 0..1048576")
         _require(0 <= self.prefix_cache_gpu_mb <= 1 << 20, "prefix_cache_gpu_mb must be in 0..1048576")
         _require(0 <= self.typing_through_lookback <= 4096, "typing_through_lookback must be in 0..4096")
@@ -198,7 +203,7 @@ class RemoteSettings:
         _require(0 <= self.retry_after_s <= 600, "retry_after_s must be in 0..600")
         _require(0 <= self.reuse_ms <= 10000, "reuse_ms must be in 0..10000")
         for line in _header_lines(self.headers):
-            _require(":" in line and line.split(":", 1)[0].strip(), f"header {line!r} is not 'Name: value'")
+            _require(":" in line and bool(line.split(":", 1)[0].strip()), f"header {line!r} is not 'Name: value'")
 
     def header_pairs(self) -> list[tuple[str, str]]:
         return [(name.strip(), value.strip()) for name, value in

@@ -83,3 +83,14 @@ def test_bench_smoke_run_reports_every_metric(tmp_path, tiny_model_dir, tiny_tok
     assert result["prefix_cache_hit_rate"] is not None and result["server_rss_mb"] > 0
     assert result["side_by_side"]["ar_fp"] >= 1 and result["side_by_side"]["diffusion_fp"] >= 1
     assert result["side_by_side"]["verified_fp"] >= 2 and result["side_by_side"]["verified_accepted"] >= 1
+
+
+def test_random_weight_shapes_benchmark_runs_on_a_scaled_config(capsys):
+    from dglsp.tools.modelzoo import HUB_CONFIG
+
+    assert main(["bench", "--random-weights", str(HUB_CONFIG), "--scaled", "--device", "cpu", "--threads", "1",
+                 "--prefill-tokens", "64", "--canvas-lengths", "8", "--steps", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["parameters_b"] > 0.01 and result["prefill_ms"]["64"] > 0
+    assert result["step_ms_eager"]["8"] > 0 and "CUDA only" in result["step_ms_compiled"]
+    assert result["peak_memory_gb"] > 0

@@ -35,3 +35,18 @@ def test_ints_are_accepted_for_floats_and_none_for_optional():
     assert warnings == [] and settings.sampler.entropy_bound == 1
     settings, warnings = settings.updated({"sampler": {"seed": None}})
     assert warnings == [] and settings.sampler.seed is None
+
+
+def test_the_readmes_settings_block_is_config_py():
+    import dataclasses
+    import json
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"sections that mirror `dglsp/config.py`:\n\n```json\n(.*?)\n```", readme, re.S)
+    assert block, "the README lost its settings block"
+    documented = json.loads(block.group(1))
+    defaults = dataclasses.asdict(Settings())
+    defaults.pop("remote")  # documented in its own table
+    assert documented == defaults

@@ -1,7 +1,7 @@
-"""Document sync: random incremental edits leave the server's text equal to the editor's, after every edit.
+r"""Document sync: random incremental edits leave the server's text equal to the editor's, after every edit.
 
 The editor's view is a reference implementation written here from the LSP spec (lines end at
-`\\n`, `\\r\\n` or `\\r`; a character past the end of a line means its end; a line past the end
+`\n`, `\r\n` or `\r`; a character past the end of a line means its end; a line past the end
 of the document means its end), independent of `dglsp.lsp.documents`. Edits mix CRLF/LF/CR, emoji
 and other characters outside the BMP, form feeds and U+2028 (which `str.splitlines` treats as
 line breaks, and pygls with it), and ranges at and past line ends, under UTF-16 and UTF-8.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -122,6 +123,12 @@ def test_cli_routes_eval_repo(repo, tiny_model_dir, capsys):
                      "--settings", '{"sampler": {"max_steps": 2}}']) == 0
     out = capsys.readouterr().out
     assert "full" in out and "raw" in out and "edit-sim" in out
+    assert cli_main(["eval", "--repo", str(repo), "--model", str(tiny_model_dir), "--limit", "3", "--calibrate",
+                     "--json", "--settings", '{"sampler": {"max_steps": 2}, "postprocess": {"hide_unparsable": false}}'
+                     ]) == 0
+    points = json.loads(capsys.readouterr().out)["calibration"]["full"]["repo"]
+    assert len(points) == 3
+    assert all(confidence is None or 0.0 < confidence <= 1.0 for confidence, _, _ in points)
 
 
 def test_humaneval_pipeline_completion_is_what_the_editor_would_insert():

@@ -277,3 +277,62 @@ def test_whole_lines_are_over_half_of_the_middles():
                             if gap[2] == "line_after_indent")
     line_start = text.rfind("\n", 0, start) + 1
     assert text[line_start:start].strip() == "" and text[end] == "\n"  # cursor after the indent, the line's rest
+
+
+def test_a_shard_made_here_trains_where_there_is_no_corpus(tiny_work_dir, tmp_path):
+    args = ["--preset", "tiny", "--batch-size", "2", "--eval-every", "100", "--max-prefix-tokens", "48",
+            "--max-suffix-tokens", "16", "--no-progress", "--threads", "1", "--eval-examples", "4"]
+    shipped = tmp_path / "shipped"
+    assert cli_main(["train", "--work-dir", str(tiny_work_dir), *args, "--max-steps", "1", "--ship-to",
+                     str(shipped)]) == 0
+    shard = tmp_path / "shard.pt"
+    assert cli_main(["train", "--work-dir", str(tiny_work_dir), *args, "--make-shard", str(shard),
+                     "--shard-examples", "20"]) == 0
+    packed = torch.load(shard, weights_only=False)
+    assert len(packed["train"]["kinds"]) == 20 and packed["train"]["ids"].dtype == torch.int16
+    elsewhere = tmp_path / "gpu-machine"  # no corpus, no tokenizer: the shard and the shipped model only
+    assert cli_main(["train", "--work-dir", str(elsewhere), *args, "--max-steps", "3", "--shard", str(shard),
+                     "--resume-from", str(shipped)]) == 0
+    log = (elsewhere / "train.log").read_text()
+    assert "20 shard examples" in log and "resumed from the shipped model" in log
+    assert not (elsewhere / "corpus.jsonl.gz").exists()
+    assert torch.load(elsewhere / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
+    tokenizer = (elsewhere / "tokenizer" / "tokenizer.json").read_text()
+    examples = train.unpack(packed["train"], *(json.loads(tokenizer)["model"]["vocab"][modelzoo.SPECIAL_TOKENS[n]]
+                                               for n in ("suffix", "prefix")))
+    assert all(e.prompt()[-1] == examples[0].middle_marker and e.middle for e in examples)
+
+
+def test_muon_trains_checkpoints_and_resumes(tiny_work_dir):
+    args = ["train", "--work-dir", str(tiny_work_dir), "--preset", "tiny", "--batch-size", "2", "--eval-every", "100",
+            "--max-prefix-tokens", "48", "--max-suffix-tokens", "16", "--no-progress", "--threads", "1",
+            "--optimizer", "muon", "--canvas-length", "8"]
+    assert cli_main([*args, "--max-steps", "2"]) == 0
+    saved = torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)
+    assert len(saved["optimizer"]["optimizers"]) == 2  # Muon for the matrices, AdamW for the rest
+    assert cli_main([*args, "--max-steps", "3"]) == 0
+    assert torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
+    assert json.loads((tiny_work_dir / "export" / "config.json").read_text())["canvas_length"] == 8
+
+
+def test_a_pause_file_checkpoints_and_holds_the_run_until_it_is_removed(tiny_work_dir):
+    import subprocess
+    import sys
+    import time
+
+    (tiny_work_dir / train.PAUSE_FILE).touch()
+    command = [sys.executable, "-m", "dglsp", "train", "--work-dir", str(tiny_work_dir), "--preset", "tiny",
+               "--batch-size", "2", "--max-prefix-tokens", "48", "--max-suffix-tokens", "16", "--threads", "1",
+               "--no-progress", "--max-steps", "3", "--eval-every", "100"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tiny_work_dir / "train.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.is_file() and "paused at step 0" in log.read_text()):
+        time.sleep(0.2)
+    assert "paused at step 0" in log.read_text()
+    assert (tiny_work_dir / "checkpoint.pt").is_file()  # a pause costs nothing if the machine goes away
+    time.sleep(1)
+    assert process.poll() is None and "step 1 " not in log.read_text()
+    (tiny_work_dir / train.PAUSE_FILE).unlink()
+    assert process.wait(timeout=120) == 0
+    assert torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)["state"]["step"] == 3

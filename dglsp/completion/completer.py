@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import cast
 
 from dglsp.completion.confidence import suggestion_confidence
 from dglsp.completion.postprocess import postprocess, postprocess_edit
@@ -195,7 +196,7 @@ class Completer:
         means the middle ended)."""
         token_ids = drop_thoughts(token_ids, self.thought_ids)
         cut = next((i for i, t in enumerate(token_ids) if t in self.special_ids), len(token_ids))
-        return self.tokenizer.decode(token_ids[:cut], skip_special_tokens=True)
+        return cast(str, self.tokenizer.decode(token_ids[:cut], skip_special_tokens=True))  # ids in: one string
 
 
 # A chat model may reason before it answers, inside `<|channel>thought ... <channel|>` (Gemma 4).

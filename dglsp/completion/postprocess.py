@@ -84,7 +84,7 @@ def postprocess_edit(
     else:
         block = settings.multiline and _block_scope(context, spec, line_prefix, line_suffix, use_tree,
                                                     settings.mid_block)
-    lines = _scoped_lines(text.split("\n"), context, spec, settings, skip, block)
+    lines: list[str] | None = _scoped_lines(text.split("\n"), context, spec, settings, skip, block)
     if lines and "repeat" not in skip:
         lines = _cut_repeats(lines, context, line_prefix)
     if not lines:
@@ -353,7 +353,7 @@ def _trim_unparsable_tail(lines: list[str], context: CursorContext, spec: Langua
 
 def _adds_errors(edit: Edit, context: CursorContext, spec: LanguageSpec) -> bool:
     """Does the edit leave more syntax errors in its top-level statement than leaving the gap empty?
-    (False when there is no grammar or no trustworthy window to parse.)"""
+    False when there is no grammar or no trustworthy window to parse."""
     clean = clean_window(context.prefix, context.suffix)
     if clean is None:
         return False
@@ -365,7 +365,7 @@ def _adds_errors(edit: Edit, context: CursorContext, spec: LanguageSpec) -> bool
 
 # -- indentation ----------------------------------------------------------------------------------
 def indentation_unit(text: str) -> str | None:
-    """The file's indentation: "\\t", or N spaces (the most common step between indented lines);
+    r"""The file's indentation: "\t", or N spaces (the most common step between indented lines);
     None when the text is mixed or shows too few steps to tell."""
     tabs = spaces = 0
     steps: dict[int, int] = {}

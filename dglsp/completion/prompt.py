@@ -1,10 +1,10 @@
-"""Prompt building: the text around the cursor, trimmed to a token budget, in the model's format.
+r"""Prompt building: the text around the cursor, trimmed to a token budget, in the model's format.
 
 Two formats, chosen by the model directory (never by the server):
 
 * ``fim`` — our own models (`dglsp.json` says so). Token layout::
 
-      <bos> <|file|> path \\n [<|snippet|> path \\n SNIPPET]... <|suffix|> SUFFIX <|prefix|> PREFIX <|middle|>
+      <bos> <|file|> path \n [<|snippet|> path \n SNIPPET]... <|suffix|> SUFFIX <|prefix|> PREFIX <|middle|>
 
   and the canvas holds the middle, then EOS, then padding. `train.py` builds its
   examples with `encode_fim` below, so training and serving cannot drift apart.
@@ -29,7 +29,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from dglsp.config import ContextSettings
 
@@ -218,7 +218,7 @@ def enclosing_header(before: str, window: str) -> str:
     lines = window.split("\n")
     body = [line for line in lines if line.strip()]
     indent = min((len(line) - len(line.lstrip()) for line in body), default=0)
-    if not indent or any(HEADER.match(line) and len(HEADER.match(line).group(1)) < indent for line in body):
+    if not indent or any((match := HEADER.match(line)) and len(match.group(1)) < indent for line in body):
         return ""
     above = before[-HEADER_SCAN_CHARS:].split("\n")
     level = indent  # the indentation a line must be under to enclose the window
@@ -300,7 +300,7 @@ def encode_fim(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, context: C
     special = fmt.tokens
 
     def token(name: str) -> list[int]:
-        return [tokenizer.convert_tokens_to_ids(special[name])]
+        return [cast(int, tokenizer.convert_tokens_to_ids(special[name]))]  # one token in: one id out
 
     def text(value: str) -> list[int]:
         return tokenizer.encode(value, add_special_tokens=False) if value else []

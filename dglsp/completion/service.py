@@ -304,7 +304,10 @@ class CompletionService:
             **self.metrics.as_dict(),
             "prefix_cache": {"lookups": prefix.lookups, "hits": prefix.hits, "hit_rate": prefix.hit_rate,
                              "reused_tokens": prefix.reused_tokens, "encoded_tokens": prefix.encoded_tokens,
-                             "evictions": prefix.evictions, "bytes": engine.prefix_cache.nbytes} if prefix else None,
+                             "evictions": prefix.evictions, "bytes": engine.prefix_cache.nbytes,
+                             "budget_bytes": engine.prefix_cache.budget_bytes,
+                             "kv_bytes_per_token": engine.prefix_cache.kv_bytes_per_token}
+                            if engine is not None and prefix else None,
             "typing_through": {"lookups": self.typing_through.stats.lookups, "hits": self.typing_through.stats.hits,
                                "hit_rate": self.typing_through.stats.hit_rate},
             "cancel_to_idle_ms": list(self.scheduler.cancel_to_idle_ms),

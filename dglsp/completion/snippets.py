@@ -90,10 +90,11 @@ def pick_snippets(
             continue
         candidates += _chunks(doc, query, settings.snippet_lines, window)
     for region_uri, line in recent.regions() if recent else []:
-        doc = by_uri.get(region_uri)
-        if doc is not None:
+        region_doc = by_uri.get(region_uri)
+        if region_doc is not None:
             first = max(0, line - settings.snippet_lines // 2)
-            candidate = _score(doc, doc.text.split("\n"), first, settings.snippet_lines, query, window, RECENT_BONUS)
+            candidate = _score(region_doc, region_doc.text.split("\n"), first, settings.snippet_lines, query, window,
+                               RECENT_BONUS)
             if candidate is not None:
                 candidates.append(candidate)
     return tuple(c.snippet for c in reversed(_best(candidates, settings.max_snippets, settings.snippet_lines)))

@@ -20,7 +20,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, TypedDict
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,16 @@ _PYTHON_BLOCKS = frozenset({
     "while_statement", "with_statement", "try_statement", "except_clause", "finally_clause", "match_statement",
     "case_clause", "decorated_definition", "except_group_clause",
 })
-_C_FAMILY = dict(line_comments=("//",), block_comment=("/*", "*/"))
+
+
+class _Comments(TypedDict):
+    """Comment syntax shared by several languages, as `LanguageSpec` keyword arguments."""
+
+    line_comments: tuple[str, ...]
+    block_comment: tuple[str, str] | None
+
+
+_C_FAMILY = _Comments(line_comments=("//",), block_comment=("/*", "*/"))
 
 LANGUAGES: dict[str, LanguageSpec] = {
     "python": LanguageSpec(

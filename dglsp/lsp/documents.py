@@ -49,7 +49,9 @@ class WorkspaceDocuments:
                 for doc in list(self._workspace().text_documents.values())]
 
 
-def unit_length(char: str, encoding: str) -> int:
+def unit_length(char: str, encoding: str | None) -> int:
+    """How many of the client's position units `char` takes (UTF-16 unless UTF-8 or UTF-32 was negotiated;
+    None, pygls' encoding before `initialize`, counts as UTF-16)."""
     code_point = ord(char)
     if encoding == types.PositionEncodingKind.Utf8:
         return 1 if code_point < 0x80 else 2 if code_point < 0x800 else 3 if code_point < 0x10000 else 4
@@ -58,7 +60,7 @@ def unit_length(char: str, encoding: str) -> int:
     return 2 if code_point > 0xFFFF else 1
 
 
-def offset_at(text: str, position: types.Position, encoding: str = types.PositionEncodingKind.Utf16) -> int:
+def offset_at(text: str, position: types.Position, encoding: str | None = types.PositionEncodingKind.Utf16) -> int:
     """String offset of `position`. A line past the end is an error; a character past the end of
     its line means the end of the line (as the LSP spec says); a position inside a multi-unit
     character lands before that character."""
@@ -98,14 +100,14 @@ def _line_start(text: str, line: int) -> int:
 
 
 def _next_line_break(text: str, start: int) -> int:
-    """Index of the next \\n, \\r\\n or lone \\r at or after `start` (-1 if none): LSP counts all three."""
+    r"""Index of the next \n, \r\n or lone \r at or after `start` (-1 if none): LSP counts all three."""
     newline = text.find("\n", start)
     carriage = text.find("\r", start, newline if newline != -1 else len(text))
     return carriage if carriage != -1 else newline
 
 
 def position_after(
-    position: types.Position, span: str, encoding: str = types.PositionEncodingKind.Utf16
+    position: types.Position, span: str, encoding: str | None = types.PositionEncodingKind.Utf16
 ) -> types.Position:
     """The position `span` (text on the same line, right after `position`) ends at, in the client's units."""
     return types.Position(position.line, position.character + sum(unit_length(char, encoding) for char in span))

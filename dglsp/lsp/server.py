@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from lsprotocol import types
@@ -58,7 +58,8 @@ class DglspProtocol(LanguageServerProtocol):
             if isinstance(data, dict) and "method" in data and "id" in data:
                 msg_id = data["id"] if isinstance(data["id"], (int, str)) else None
                 message = f"invalid params for {data.get('method')!r}: {exc.message or 'cannot deserialize'}"
-                self._send_response(msg_id, error=JsonRpcInvalidParams(message).to_response_error())
+                # An unreadable id is answered with null, as JSON-RPC says; pygls' annotation leaves out None.
+                self._send_response(cast(int | str, msg_id), error=JsonRpcInvalidParams(message).to_response_error())
             elif isinstance(data, dict) and "id" in data and isinstance(data["id"], (int, str)):
                 pending = self._request_futures.pop(data["id"], None)
                 if pending is not None and not pending.done():

@@ -1,7 +1,7 @@
-"""Incremental document sync by the LSP's rules: the server's copy of a buffer never drifts from the editor's.
+r"""Incremental document sync by the LSP's rules: the server's copy of a buffer never drifts from the editor's.
 
 pygls 2.1.1 applies `didChange` ranges on `str.splitlines()` lines, which also break at form
-feeds, `\\x1c`-`\\x1e`, `\\x85`, U+2028 and U+2029 (the LSP counts only `\\n`, `\\r\\n` and `\\r`),
+feeds, `\x1c`-`\x1e`, `\x85`, U+2028 and U+2029 (the LSP counts only `\n`, `\r\n` and `\r`),
 so one such character in a file shifts every later edit by a line. It also moves a character
 past the end of the last line back by one, and lets one past a line's end run into the next
 line. Here a change's range becomes two string offsets with `documents.offset_at` (the same

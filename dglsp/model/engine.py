@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrainedTokenizerBase
@@ -22,7 +23,7 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrain
 from dglsp.config import DEFAULT_MAX_STEPS, LatencySettings, SamplerSettings
 from dglsp.errors import DeviceOutOfMemoryError
 from dglsp.model.backend import CanvasCallback, Generation, GenerationStats
-from dglsp.model.kvcache import PrefixCache, cache_mark, rollback
+from dglsp.model.kvcache import PrefixCache, cache_mark, dynamic_layers, rollback
 from dglsp.model.loading import ModelBundle
 from dglsp.model.sampler import denoise_canvas
 
@@ -36,9 +37,10 @@ END_OF_TURN_TOKENS = ("<turn|>", "<end_of_turn>", "<|im_end|>", "<|eot_id|>")
 class Engine:
     """Owns the model on its device; one generation at a time."""
 
-    def __init__(self, bundle: ModelBundle, latency: LatencySettings | None = None):
+    def __init__(self, bundle: ModelBundle, latency: LatencySettings | None = None, prompt_tokens: int = 1280):
         self.bundle = bundle
-        self.model = bundle.model
+        assert bundle.model is not None, "the engine runs a local model (a remote bundle holds none)"
+        self.model: DiffusionGemmaForBlockDiffusion = bundle.model
         self.device = bundle.device
         text_config = self.model.config.get_text_config()
         self.vocab_size: int = text_config.vocab_size
@@ -47,18 +49,31 @@ class Engine:
         self.pad_id: int | None = bundle.tokenizer.pad_token_id
         self._lock = threading.Lock()
         latency = latency or LatencySettings()
-        budget_mb = latency.prefix_cache_cpu_mb if self.device.type == "cpu" else latency.prefix_cache_gpu_mb
-        self.prefix_cache = PrefixCache(self.model.config, budget_mb << 20 if latency.prefix_cache else 0)
+        self.kv_bytes_per_token = self._kv_bytes_per_token()
+        cap_mb = latency.prefix_cache_cpu_mb if self.device.type == "cpu" else latency.prefix_cache_gpu_mb
+        budget = min(cap_mb << 20, latency.prefix_cache_documents * prompt_tokens * self.kv_bytes_per_token)
+        self.prefix_cache = PrefixCache(self.model.config, budget if latency.prefix_cache else 0)
+        self.prefix_cache.kv_bytes_per_token = self.kv_bytes_per_token
         # GPU path: fused sampling math, and a compiled decoder step (eager again if compiling fails).
         # The CPU keeps the reference path, bit-exact with transformers' generate().
         self.fused_sampling = self.device.type == "cuda"
-        self._decoder_step = self.model
+        self._decoder_step: Callable[..., Any] = self.model
         if self.device.type == "cuda" and latency.compile_decoder:
             self._decoder_step = torch.compile(self.model, dynamic=True)
 
+    @torch.inference_mode()
+    def _kv_bytes_per_token(self) -> int:
+        """What one token costs in a kept prefix cache: every layer's K and V (sliding layers too, as kept)."""
+        cache = self.new_cache()
+        self.encode(cache, [self.pad_id or 0])
+        return sum(t.numel() * t.element_size() for layer in dynamic_layers(cache) if layer.is_initialized
+                   for t in (layer.keys, layer.values) if t is not None)
+
     @property
     def default_canvas_length(self) -> int:
-        return int(self.model.config.canvas_length)
+        length = self.model.config.canvas_length
+        assert length is not None, "the model's config sets no canvas_length"
+        return int(length)
 
     @property
     def default_steps(self) -> int:

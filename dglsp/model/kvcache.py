@@ -8,7 +8,7 @@ over the rest only.
 
 Why we keep full histories instead of a `DynamicCache`: a sliding-window layer of a
 `DynamicCache` keeps only its last `window - 1` tokens, so once the window is full it
-cannot be cropped back (`DynamicSlidingWindowLayer.crop` raises, see FACTS.md). We store
+cannot be cropped back (`DynamicSlidingWindowLayer.crop` raises a RuntimeError). We store
 every token's K/V and build a fresh `DynamicCache` *view* per use: sliding layers get the
 last `window - 1` tokens of the kept prefix (exactly what they would hold after a plain
 prefill) and full layers get all of it. Views share storage with the kept tensors but
@@ -24,9 +24,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from transformers import DynamicCache, PretrainedConfig
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 
 @dataclass
@@ -64,12 +66,24 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 EncodeFn = Callable[[DynamicCache, list[int]], object]  # appends ids to the cache (the engine's encoder)
 
 
+def dynamic_layers(cache: DynamicCache) -> list[DynamicLayer]:
+    """The cache's layers: a `DynamicCache` built from a config holds `DynamicLayer`s (sliding ones among them),
+    though `cache.layers` is typed as any kind of cache layer."""
+    return cast(list[DynamicLayer], cache.layers)
+
+
+def _sliding(layer: DynamicLayer) -> DynamicSlidingWindowLayer | None:
+    """The layer as a sliding-window layer, or None for a full-attention one (`is_sliding` says which)."""
+    return cast(DynamicSlidingWindowLayer, layer) if layer.is_sliding else None
+
+
 class PrefixCache:
     """LRU of per-document encoder caches under `budget_bytes` (0 disables keeping anything)."""
 
     def __init__(self, config: PretrainedConfig, budget_bytes: int):
         self.config = config.get_text_config(decoder=True)
         self.budget_bytes = budget_bytes
+        self.kv_bytes_per_token = 0  # set by the engine, which measures it
         self.stats = PrefixCacheStats()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
@@ -102,7 +116,7 @@ class PrefixCache:
         """
         with self._lock:
             entry = self._entries.get(key) if key is not None else None
-            if entry is not None:
+            if entry is not None and key is not None:
                 self._entries.move_to_end(key)
         reused = common_prefix_length(entry.token_ids, prompt_ids) if entry is not None else 0
         if keep_last:
@@ -142,20 +156,25 @@ class PrefixCache:
     def _view(self, entry: _Entry | None, length: int, record_past: bool) -> DynamicCache:
         """A `DynamicCache` holding the first `length` tokens of `entry`, as a plain prefill would leave it."""
         cache = DynamicCache(config=self.config)
-        for index, layer in enumerate(cache.layers):
-            if layer.is_sliding and record_past:
+        for index, layer in enumerate(dynamic_layers(cache)):
+            sliding = _sliding(layer)
+            if sliding is not None and record_past:
                 # Keep every new token's K/V in the layer so `_merge` can read them back.
-                layer.activate_past_recording()
-            if entry is None or length == 0 or entry.keys[index] is None:
+                sliding.activate_past_recording()
+            if entry is None or length == 0:
                 continue
-            keys, values = entry.keys[index][:, :, :length], entry.values[index][:, :, :length]
-            if layer.is_sliding:
-                start = max(0, length - (layer.sliding_window - 1))
+            kept_keys, kept_values = entry.keys[index], entry.values[index]
+            if kept_keys is None:
+                continue
+            assert kept_values is not None  # a layer's keys and values are kept together
+            keys, values = kept_keys[:, :, :length], kept_values[:, :, :length]
+            if sliding is not None:
+                start = max(0, length - (sliding.sliding_window - 1))
                 keys, values = keys[:, :, start:], values[:, :, start:]
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys, values
-            if layer.is_sliding:
-                layer.cumulative_length = length
+            if sliding is not None:
+                sliding.cumulative_length = length
         return cache
 
     @staticmethod
@@ -163,16 +182,19 @@ class PrefixCache:
         """The kept prefix of `entry` followed by the K/V the encoder just wrote into `work`."""
         keys: list[torch.Tensor | None] = []
         values: list[torch.Tensor | None] = []
-        for index, layer in enumerate(work.layers):
+        for index, layer in enumerate(dynamic_layers(work)):
             old_keys = entry.keys[index] if entry is not None and reused else None
             old_values = entry.values[index] if entry is not None and reused else None
-            if not layer.is_initialized or layer.keys is None or layer.keys.numel() == 0:
+            layer_keys, layer_values = layer.keys, layer.values
+            if not layer.is_initialized or layer_keys is None or layer_keys.numel() == 0:
                 keys.append(old_keys[:, :, :reused] if old_keys is not None else None)
                 values.append(old_values[:, :, :reused] if old_values is not None else None)
                 continue
-            held = layer.keys.shape[-2]  # [1, heads, held, head_dim]: the new tokens are the last `new`
-            new_keys, new_values = layer.keys[:, :, held - new:], layer.values[:, :, held - new:]
+            assert layer_values is not None  # set together with the keys
+            held = layer_keys.shape[-2]  # [1, heads, held, head_dim]: the new tokens are the last `new`
+            new_keys, new_values = layer_keys[:, :, held - new:], layer_values[:, :, held - new:]
             if old_keys is not None:
+                assert old_values is not None  # kept together with the keys
                 new_keys = torch.cat([old_keys[:, :, :reused], new_keys], dim=-2)
                 new_values = torch.cat([old_values[:, :, :reused], new_values], dim=-2)
             keys.append(new_keys)
@@ -189,7 +211,7 @@ def cache_mark(cache: DynamicCache) -> CacheMark:
     """What each layer holds now, so tokens appended after this can be partly taken back (`rollback`).
     Appending never writes into these tensors: a layer's update concatenates into new ones."""
     return [(layer.keys, layer.values, layer.get_seq_length() if layer.is_initialized else 0)
-            for layer in cache.layers]
+            for layer in dynamic_layers(cache)]
 
 
 def rollback(cache: DynamicCache, mark: CacheMark, appended: int, keep: int) -> None:
@@ -200,14 +222,18 @@ def rollback(cache: DynamicCache, mark: CacheMark, appended: int, keep: int) -> 
     re-joined to what the layer held at the mark, exactly as appending only them would have left it.
     """
     assert 0 <= keep <= appended
-    for layer, (keys, values, length) in zip(cache.layers, mark, strict=True):
-        assert appended <= layer.keys.shape[-2], "appended more tokens than a sliding window holds"
-        new_keys = layer.keys[:, :, layer.keys.shape[-2] - appended:][:, :, :keep]
-        new_values = layer.values[:, :, layer.values.shape[-2] - appended:][:, :, :keep]
+    for layer, (keys, values, length) in zip(dynamic_layers(cache), mark, strict=True):
+        held_keys, held_values = layer.keys, layer.values
+        assert held_keys is not None and held_values is not None, "rollback of a layer that holds nothing"
+        assert appended <= held_keys.shape[-2], "appended more tokens than a sliding window holds"
+        new_keys = held_keys[:, :, held_keys.shape[-2] - appended:][:, :, :keep]
+        new_values = held_values[:, :, held_values.shape[-2] - appended:][:, :, :keep]
         if keys is not None and length:
+            assert values is not None  # marked together with the keys
             new_keys, new_values = torch.cat([keys, new_keys], dim=-2), torch.cat([values, new_values], dim=-2)
-        if layer.is_sliding:
-            window = layer.sliding_window - 1
+        sliding = _sliding(layer)
+        if sliding is not None:
+            window = sliding.sliding_window - 1
             new_keys, new_values = new_keys[:, :, -window:], new_values[:, :, -window:]
-            layer.cumulative_length = length + keep
+            sliding.cumulative_length = length + keep
         layer.keys, layer.values = new_keys, new_values

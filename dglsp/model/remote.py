@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -103,7 +104,8 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt_ids: list[int]) -> 
     bos = tokenizer.bos_token_id
     if ids and bos is not None and ids[0] == bos and _adds_bos(tokenizer):
         ids = ids[1:]
-    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    # A list of ids decodes to one string (the declared return type also covers batches).
+    return cast(str, tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
 
 
 def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -344,7 +346,7 @@ class NoPrefixCache:
 
     def __init__(self):
         self.stats = PrefixCacheStats()
-        self.nbytes = 0
+        self.nbytes = self.budget_bytes = self.kv_bytes_per_token = 0
 
     def drop(self, key: str) -> None:
         pass
@@ -557,8 +559,8 @@ class RemoteBackend:
         if parked is None:
             return None, ""
         typed = typed_insertion(parked.stream.prompt, prompt)
-        usable = typed is not None and time.monotonic() < parked.until and parked.stream.error is None
-        if usable and (parked.stream.text.startswith(typed) or typed.startswith(parked.stream.text)):
+        if (typed is not None and time.monotonic() < parked.until and parked.stream.error is None
+                and (parked.stream.text.startswith(typed) or typed.startswith(parked.stream.text))):
             log.debug("remote: continuing the in-flight stream (%d typed characters)", len(typed))
             parked.stream.closed_at = None
             return parked.stream, typed

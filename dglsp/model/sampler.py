@@ -141,9 +141,9 @@ def denoise_canvas(
 
 class _Settle:
     """The canvas has settled when its argmax up to and including the first EOS (all of it when there is none)
-    is the same for `steps` steps in a row; 0 never settles."""
+    is the same for `steps` steps in a row; 0 (or None, unresolved) never settles."""
 
-    def __init__(self, steps: int, eos_ids: frozenset[int]):
+    def __init__(self, steps: int | None, eos_ids: frozenset[int]):
         self.steps, self.eos_ids = steps, eos_ids
         self.last: list[int] | None = None
         self.unchanged = 0

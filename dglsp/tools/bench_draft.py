@@ -18,6 +18,7 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import cast
 
 import torch
 
@@ -123,7 +124,8 @@ def _autoregressive_draft(completer: Completer, settings: Settings, context: Cur
     from dglsp.completion.postprocess import postprocess
 
     prompt = PromptBuilder(completer.tokenizer, completer.format, settings.context).build(context)
-    result = completer.engine.generate_autoregressive(prompt.ids, settings.draft.max_tokens)
+    engine = cast(Engine, completer.engine)  # `run` builds the completer on a local engine
+    result = engine.generate_autoregressive(prompt.ids, settings.draft.max_tokens)
     post = replace(settings.postprocess, multiline=True, mid_block=True, max_lines=settings.draft.max_lines)
     return postprocess(completer.decode(result.token_ids), prompt.context, post) or "", result.stats.forward_passes
 
@@ -145,9 +147,10 @@ def render(speed_rows: list[SpeedRow], quality_rows: list[QualityRow], device: s
     if quality_rows:
         lines += ["", "| HumanEval bodies | decoding | pass rate | forward passes | ms per draft |",
                   "| ---: | --- | ---: | ---: | ---: |"]
-        for row in quality_rows:
-            lines.append(f"| {row.problems} | {row.decoding} | {row.passed}/{row.problems} ({row.pass_rate:.1%}) | "
-                         f"{row.forward_passes:.0f} | {row.ms_per_draft:.0f} |")
+        for quality_row in quality_rows:
+            lines.append(f"| {quality_row.problems} | {quality_row.decoding} | "
+                         f"{quality_row.passed}/{quality_row.problems} ({quality_row.pass_rate:.1%}) | "
+                         f"{quality_row.forward_passes:.0f} | {quality_row.ms_per_draft:.0f} |")
     return "\n".join(lines)
 
 
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     settings, warnings = Settings().updated(options)
     if warnings:
         raise SystemExit("; ".join(warnings))
-    canvas_length = int(bundle.model.config.canvas_length)
+    canvas_length = engine.default_canvas_length  # the model's config's canvas_length
     settings = replace(settings, sampler=replace(settings.sampler, canvas_length=canvas_length))
     completer = Completer(bundle, engine)
     # Speed is measured at fixed lengths: an engine that does not stop at EOS (like vLLM's ignore_eos).

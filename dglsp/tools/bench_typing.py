@@ -33,9 +33,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-VSCODE_DELAY_S = 0.05  # VS Code waits ~50 ms after a keystroke before asking (FACTS.md)
+VSCODE_DELAY_S = 0.05  # VS Code waits ~50 ms after a keystroke before asking for inline completions
 NEOVIM_DELAY_S = 0.2  # Neovim 0.12's built-in inline completion waits 200 ms and never cancels
 
 
@@ -268,7 +268,7 @@ async def run_session(args: argparse.Namespace, plans: list[TypingPlan], setting
     client.initialized(types.InitializedParams())
     stats_params = types.ExecuteCommandParams(command="dglsp.stats")
     for _ in range(600):  # wait for the model (the stats report a device once it is loaded)
-        if (await client.workspace_execute_command_async(stats_params)).get("device"):
+        if cast(dict, await client.workspace_execute_command_async(stats_params)).get("device"):
             break
         await asyncio.sleep(0.2)
     log = SessionLog()
@@ -276,7 +276,7 @@ async def run_session(args: argparse.Namespace, plans: list[TypingPlan], setting
     editor = SimulatedEditor(client, args.client, log)
     for plan in plans:
         await type_plan(editor, plan, rng, log, args.time_scale)
-    stats = await client.workspace_execute_command_async(stats_params)
+    stats = cast(dict, await client.workspace_execute_command_async(stats_params))  # dglsp.stats answers an object
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
@@ -341,8 +341,8 @@ def summarize(log: SessionLog, stats: dict, compare: dict | None, args: argparse
               plans: list[TypingPlan]) -> dict:
     answered = [r for r in log.requests if r.answered is not None and not r.cancelled]
     at_pause = [r for r in answered if r.at_pause]
-    server_ms = [(r.answered - r.sent) * 1000 for r in at_pause]
-    user_ms = [(r.answered - r.keystroke) * 1000 for r in at_pause]
+    server_ms = [(r.answered - r.sent) * 1000 for r in at_pause if r.answered is not None]
+    user_ms = [(r.answered - r.keystroke) * 1000 for r in at_pause if r.answered is not None]
     prefix = stats.get("prefix_cache") or {}
     typing = stats.get("typing_through") or {}
     cancel = stats.get("cancel_to_idle_ms") or []

@@ -35,6 +35,7 @@ Public entry points: `build(...) -> Corpus` (files, entries, drop counts; `Corpu
 from __future__ import annotations
 
 import email
+import functools
 import gzip
 import hashlib
 import importlib.metadata as metadata
@@ -52,6 +53,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from email.message import Message
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -187,7 +189,7 @@ def _license_from_text(text: str) -> str:
 
 
 def license_of(dist: metadata.Distribution) -> str:
-    return license_from_metadata(dist.metadata)
+    return license_from_metadata(cast(Message, dist.metadata))  # importlib's PackageMetadata is a Message
 
 
 def is_permissive(license_text: str) -> bool:
@@ -334,13 +336,13 @@ def archive_files(archive: Path) -> Iterator[tuple[str, Loader]]:
                 if info.is_dir() or not info.filename.endswith(".py") or ".dist-info/" in info.filename:
                     continue
                 yield _member_path(info.filename, is_wheel), _bounded(info.file_size,
-                                                                       lambda info=info: zipped.read(info))
+                                                                       functools.partial(zipped.read, info))
         return
     with tarfile.open(archive, "r:*") as tarred:
         for member in tarred:
             if member.isfile() and member.name.endswith(".py"):
-                yield _member_path(member.name, False), _bounded(
-                    member.size, lambda member=member: tarred.extractfile(member).read())
+                yield _member_path(member.name, False), _bounded(member.size,
+                                                                 functools.partial(_tar_member, tarred, member))
 
 
 def archive_metadata(archive: Path) -> str:
@@ -355,7 +357,13 @@ def archive_metadata(archive: Path) -> str:
         if not candidates:
             return ""
         best = min(candidates, key=lambda m: (m.name.count("/"), m.name))
-        return tarred.extractfile(best).read().decode("utf-8", "replace")
+        return _tar_member(tarred, best).decode("utf-8", "replace")
+
+
+def _tar_member(tarred: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tarred.extractfile(member)
+    assert handle is not None, "only regular files are read"
+    return handle.read()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -375,12 +383,12 @@ def stdlib_files() -> Iterator[tuple[str, Path]]:
 def distribution_files(dist: metadata.Distribution) -> Iterator[tuple[str, Path]]:
     entries = sorted((e for e in dist.files or [] if e.suffix == ".py" and "__pycache__" not in e.parts), key=str)
     for entry in entries:
-        yield str(entry), Path(dist.locate_file(entry))
+        yield str(entry), Path(str(dist.locate_file(entry)))
 
 
 def _path_loaders(files: Iterable[tuple[str, Path]]) -> Iterator[tuple[str, Loader]]:
     for relative, path in files:
-        yield relative, lambda path=path: _read_bounded(path)
+        yield relative, functools.partial(_read_bounded, path)
 
 
 def _read_bounded(path: Path) -> bytes | None:
@@ -777,7 +785,7 @@ def filter_rules() -> dict:
 def manifest(entries: list[PackageEntry], filters: dict | None = None, report: Corpus | None = None) -> dict:
     """The corpus manifest; with `report` (a `Corpus`), the drop counts and skipped packages too."""
     rules = filters or filter_rules()
-    result = {
+    result: dict[str, Any] = {
         "description": "Training corpus of the embedded dglsp model: permissively licensed Python (the standard "
                        "library, pinned projects, installed distributions).",
         "filters": rules,

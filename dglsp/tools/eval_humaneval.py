@@ -305,18 +305,19 @@ def evaluate(source: Source, options: EvalOptions, log: Callable[[str], None] = 
             for variant_row in extra.values():
                 variant_row.forward_passes, variant_row.ms_per_completion = row.forward_passes, row.ms_per_completion
                 rows.append(variant_row)
-    result = {"rows": [r.as_dict() for r in rows], "blank_floor": blank_floor}
+    report: dict = {"rows": [r.as_dict() for r in rows], "blank_floor": blank_floor}
     if options.calibrate:
-        result["calibration"] = calibration
-    return result
+        report["calibration"] = calibration
+    return report
 
 
 def calibration_point(output: Output, problem: Problem, timeout_s: float) -> list:
     """[confidence of the text the pipeline would show, passed, exact] (confidence None: nothing shown)."""
     shown = pipeline_completion(output.text, problem)
-    if not shown.strip() or output.logprobs is None or output.text_lengths is None:
+    lengths = output.text_lengths
+    if not shown.strip() or output.logprobs is None or lengths is None:
         return [None, False, False]
-    count = covering_count(lambda k: output.text_lengths[k], len(output.text_lengths) - 1, shown)
+    count = covering_count(lambda k: lengths[k], len(lengths) - 1, shown)
     return [confidence(output.logprobs, count), check_completion(problem, shown, timeout_s).passed,
             is_exact(shown, problem)]
 
@@ -401,8 +402,9 @@ def run(args: argparse.Namespace) -> int:
     if args.record:
         (bundle.path / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         if (bundle.path / "MANIFEST.json").is_file():
-            from dglsp.tools.train import write_model_card
+            from dglsp.tools.train import record_eval, write_model_card
 
+            record_eval(bundle.path, result)
             write_model_card(bundle.path)
     return 0
 

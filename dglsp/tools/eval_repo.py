@@ -82,6 +82,9 @@ class Score:
 class Report:
     scores: dict[str, dict[str, Score]] = field(default_factory=dict)  # variant -> kind ("all" too) -> score
     ms_per_hole: float = 0.0
+    # Per hole: [confidence of the full pipeline's suggestion (None: nothing shown), exact, exact] — the
+    # confidence gate's calibration points (`dglsp eval --plot-gate`), exact match standing for "passed".
+    calibration: list[list] = field(default_factory=list)
 
     def add(self, variant: str, kind: str, update) -> None:
         for key in (kind, "all"):
@@ -277,6 +280,8 @@ def evaluate_repo(completer, repo: Path, settings: Settings, limit: int, per_kin
             suggestion = completer.complete(context, settings)
             raw, context = suggestion.raw, suggestion.context or context
             full = Edit(suggestion.text, suggestion.replace_chars) if suggestion.text is not None else None
+            exact = full is not None and _normal(apply_edit(document, hole.start, full)) == _normal(original)
+            report.calibration.append([suggestion.confidence if full else None, exact, exact])
         variants = variants_of(raw, context, settings, full)
         for variant, edit in variants.items():
             score_variant(report, variant, hole, original, document, context, edit)
@@ -360,6 +365,8 @@ def run(args: argparse.Namespace) -> int:
     options = json.loads(args.settings) if args.settings else {}
     options.setdefault("engine", {}).update(model=args.model, device=args.device, threads=args.threads)
     options.setdefault("sampler", {}).setdefault("seed", args.seed)
+    if args.calibrate:  # every suggestion is needed with its confidence: the gate is what is being calibrated
+        options.setdefault("postprocess", {})["min_confidence"] = 0.0
     settings, warnings = Settings().updated(options)
     if warnings:
         raise SystemExit("dglsp eval --repo: " + "; ".join(warnings))
@@ -373,9 +380,10 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_repo(completer, args.repo, settings, limit, args.per_kind, args.seed, kinds,
                            args.test_cmd, args.test_limit, args.test_timeout, log, args.oracle_overrun)
     if args.json:
+        calibration = {"calibration": {"full": {"repo": report.calibration}}} if args.calibrate else {}
         print(json.dumps({"repo": str(args.repo), "model": model, "ms_per_hole": report.ms_per_hole,
-                          "scores": {v: {k: s.row() for k, s in by.items()} for v, by in report.scores.items()}},
-                         indent=2))
+                          "scores": {v: {k: s.row() for k, s in by.items()} for v, by in report.scores.items()},
+                          **calibration}, indent=2))
     else:
         print(f"# dglsp eval --repo {args.repo}  model {model}  ({len(LANGUAGES)} languages known)")
         print(render(report, kinds))

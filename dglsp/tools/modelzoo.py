@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -20,6 +21,7 @@ from transformers import (
     DiffusionGemmaForBlockDiffusion,
     DiffusionGemmaTextConfig,
     Gemma4VisionConfig,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
@@ -98,7 +100,9 @@ def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
 def build_config(preset: Preset, vocab_size: int) -> DiffusionGemmaConfig:
     layer_types = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(preset.num_hidden_layers)]
     layer_types[-1] = "full_attention"
-    text_config = DiffusionGemmaTextConfig(
+    # global_head_dim and num_global_key_value_heads are init-only: the config's __post_init__ pops them from
+    # its keyword arguments, which the dataclass signature mypy reads does not list.
+    text_config = DiffusionGemmaTextConfig(  # type: ignore[call-arg]
         vocab_size=vocab_size,
         hidden_size=preset.hidden_size,
         intermediate_size=preset.intermediate_size,
@@ -135,7 +139,7 @@ def build_model(preset: Preset, vocab_size: int, seed: int = 0) -> DiffusionGemm
 
 
 def generation_config_for(
-    sampler: SamplerSettings, tokenizer: PreTrainedTokenizerFast
+    sampler: SamplerSettings, tokenizer: PreTrainedTokenizerBase
 ) -> DiffusionGemmaGenerationConfig:
     return DiffusionGemmaGenerationConfig(
         max_new_tokens=sampler.canvas_length,
@@ -159,7 +163,7 @@ def fim_format_spec(snippets: bool = False) -> dict:
 
 def save_model_dir(
     model: DiffusionGemmaForBlockDiffusion,
-    tokenizer: PreTrainedTokenizerFast,
+    tokenizer: PreTrainedTokenizerBase,
     out_dir: Path,
     sampler: SamplerSettings | None = None,
     dtype: torch.dtype | None = None,
@@ -169,9 +173,11 @@ def save_model_dir(
     """Write a model directory dglsp (and transformers) can load: safetensors only."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sampler = sampler or SamplerSettings(canvas_length=model.config.canvas_length)
+    # Our models' configs always set canvas_length (transformers allows None).
+    sampler = sampler or SamplerSettings(canvas_length=cast(int, model.config.canvas_length))
     model.generation_config = generation_config_for(sampler, tokenizer)
-    to_save = model if dtype is None else model.to(dtype)
+    # transformers wraps PreTrainedModel.to with functools.wraps, whose type wants the model as an argument.
+    to_save = model if dtype is None else model.to(dtype)  # type: ignore[arg-type]
     to_save.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     meta = {"prompt_format": fim_format_spec(snippets), "sampler": asdict(sampler), **(extra or {})}
@@ -235,7 +241,9 @@ def gemma4_like_tokenizer(texts: Iterable[str], vocab_size: int = 262_144,
         vocab[token] = FIRST_TEXT_ID + token_id
     taken = set(vocab.values())
     vocab.update({f"<unused{i}>": i for i in range(vocab_size) if i not in taken})
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    # Each merge is a pair: "a b" in older tokenizers' JSON, ["a", "b"] in newer ones.
+    merges = [cast(tuple[str, str], tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m))
+              for m in model["merges"]]
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

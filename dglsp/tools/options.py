@@ -48,6 +48,11 @@ class TrainConfig:
     serve_settle_steps: int = 0
     serve_min_confidence: float = 0.0
     weight_decay: float = 0.01
+    optimizer: str = "adamw"  # adamw | muon (Muon for the hidden matrices, AdamW for embeddings and norms)
+    # Adam's beta2 sets the half-life of its second moment in steps; for another batch size keep the half-life
+    # in tokens: beta2' = beta2 ** (batch' / batch) (0.95 at batch 8 ~ 0.9025 at batch 16).
+    adam_beta2: float = 0.95
+    canvas_length: int = 0  # 0 = the preset's (32 for small)
     grad_clip: float = 1.0
     t_eps: float = 1e-3
     pad_weight: float = 0.1
@@ -66,11 +71,14 @@ class TrainConfig:
     # from ~2,100 to ~2,300 tokens/s: at this size the step is mostly not matmuls; on a GPU it is the norm.
     precision: str = "auto"
     threads: int = 0
-    max_package_bytes: int = 6_000_000
+    max_package_bytes: int = 0  # an absolute cap on one package (0: only the corpus share cap, 10 %)
     # Snippets of sibling files in the prompt, picked as the server picks snippets of other open files, for
     # this share of the examples; the exported model then takes snippets by default (dglsp.json).
     snippet_prob: float = 0.5
     max_snippet_tokens: int = 160
+    # Train on a pre-tokenized shard (`--make-shard`) instead of this machine's corpus: for a GPU machine that
+    # has neither the corpus nor a network. "" = the corpus.
+    shard: str = ""
     # With no checkpoint in the work dir, a run goes on from this shipped model directory (weights, tokenizer,
     # step and counters from its dglsp.json) instead of random weights; "" starts from scratch.
     resume_from: str = EMBEDDED
@@ -93,9 +101,9 @@ FIELD_HELP = {
     "eval_every": "steps between held-out losses",
     "resume_from": "with no checkpoint in --work-dir, go on from this shipped model directory: its weights, "
                    "tokenizer and counters (default: the embedded model; '' = from scratch)",
-    "max_package_bytes": "cap on the bytes taken from one installed package",
+    "max_package_bytes": "an absolute cap on the bytes taken from one package (0: only the 10 % share cap)",
 }
-CHOICES = {"preset": PRESET_NAMES, "precision": ("auto", "bf16", "fp32")}
+CHOICES = {"preset": PRESET_NAMES, "precision": ("auto", "bf16", "fp32"), "optimizer": ("adamw", "muon")}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +114,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ship-to", type=Path, default=None,
                         help="copy each export whose held-out loss improved here (e.g. dglsp/model/embedded)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    parser.add_argument("--make-shard", type=Path, default=None, metavar="FILE",
+                        help="write --shard-examples pre-tokenized training examples (and the held-out ones) from "
+                             "this machine's corpus to FILE, for `--shard FILE` elsewhere, then exit")
+    parser.add_argument("--shard-examples", type=int, default=60_000,
+                        help="examples in a --make-shard file (60,000 is ~55 MB)")
     config = parser.add_argument_group("training config (defaults in dglsp/tools/options.py: TrainConfig)")
     for spec in fields(TrainConfig):
         default = spec.default
@@ -137,6 +150,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "all (default 60)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--verbose", action="store_true", help="print every completion and its outcome")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="record each completion's confidence with its outcome (HumanEval: the pipeline's "
+                             "pass; --repo: exact match), for `dglsp eval --plot-gate`")
     human_eval = parser.add_argument_group(
         "HumanEval-Infilling (the default): pass@1 (executed), exact match, forward passes and ms per completion, "
         "for each decoding of the same weights")
@@ -157,9 +173,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     human_eval.add_argument("--settle-steps", type=int, default=None,
                             help="end a canvas once its argmax up to EOS is unchanged for N steps (0: off; "
                                  "default: the model's)")
-    human_eval.add_argument("--calibrate", action="store_true",
-                            help="record each completion's confidence with its pipeline outcome (for "
-                                 "`dglsp eval --plot-gate`)")
     human_eval.add_argument("--plot-gate", type=Path, nargs="+", metavar=("EVAL_JSON", "PNG"), default=None,
                             help="plot precision against coverage of the confidence gate from --calibrate runs' "
                                  "JSON files into the last argument (a PNG), and print the table")
@@ -193,6 +206,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model directory or Hugging Face id (default: the embedded model)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (drafts and shapes; a typing session's "
+                        "server takes --settings)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     typing = parser.add_argument_group(
@@ -219,11 +234,21 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "drafts (--draft): block diffusion against token-by-token decoding at fixed draft lengths, and pass@1 of "
         "drafted HumanEval bodies")
     draft.add_argument("--draft", action="store_true", help="run the draft benchmark instead of a typing session")
-    draft.add_argument("--device", default="auto")
     draft.add_argument("--lengths", default=",".join(map(str, DRAFT_LENGTHS)), help="draft lengths in tokens")
     draft.add_argument("--prompts", type=int, default=4, help="prompts per length for the speed table")
     draft.add_argument("--problems", type=int, default=20, help="HumanEval bodies for the quality table (0: skip)")
     draft.add_argument("--max-tokens", type=int, default=256, help="draft token limit for the quality table")
     draft.add_argument("--steps", type=int, help="maximum denoising steps per canvas")
     draft.add_argument("--timeout", type=float, default=10.0, help="seconds per executed program")
+    shapes = parser.add_argument_group(
+        "shapes (--random-weights CONFIG.json): a model of a config's shapes built on the device with random "
+        "weights: prefill, one denoising step at canvas 32 and 256 (eager and compiled), peak memory")
+    shapes.add_argument("--random-weights", type=Path, metavar="CONFIG.json",
+                        help="a config.json, or dglsp/tools/data/diffusiongemma-26B-A4B.json (the 26B-A4B's shapes)")
+    shapes.add_argument("--scaled", action="store_true",
+                        help="shrink the widths and depth (the data file's `scaled` entry) to fit a CPU")
+    shapes.add_argument("--prefill-tokens", type=int, default=2048, help="prompt length for the prefill timing")
+    shapes.add_argument("--canvas-lengths", default="32,256", help="canvases to time a denoising step at")
+    shapes.add_argument("--oom-check", action="store_true",
+                        help="CUDA: fill the device and check the out-of-memory retry and report")
 

@@ -141,7 +141,7 @@ def choose_gap(text: str, rng: random.Random) -> tuple[int, int, str]:
 def make_example(
     file: corpus.SourceFile, rng: random.Random, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
     canvas_length: int, max_prefix_tokens: int, max_suffix_tokens: int,
-    siblings: list[corpus.SourceFile] = (), max_snippet_tokens: int = 0,
+    siblings: list[corpus.SourceFile] | None = None, max_snippet_tokens: int = 0,
 ) -> Example:
     """One FIM example, its prompt built by the serving path's `PromptBuilder` (the same trimming, the enclosing
     definition kept on top of a cut prefix); with `siblings`, snippets of them picked as the server picks
@@ -161,9 +161,8 @@ def make_example(
         documents = [OpenDocument(f"{s.package}/{s.path}", s.path, "python", s.text) for s in siblings]
         context = replace(context, snippets=pick_snippets(f"{file.package}/{file.path}", context, documents, settings))
     ids = PromptBuilder(tokenizer, fmt, settings).build(context).ids
-    token = tokenizer.convert_tokens_to_ids
-    prefix_at = ids.index(token(fmt.tokens["prefix"]))
-    suffix_at = ids.index(token(fmt.tokens["suffix"]))
+    prefix_at = ids.index(token_id(tokenizer, fmt.tokens["prefix"]))
+    suffix_at = ids.index(token_id(tokenizer, fmt.tokens["suffix"]))
     return Example(
         header=ids[: suffix_at + 1], suffix=ids[suffix_at + 1:prefix_at], prefix_marker=ids[prefix_at],
         prefix=ids[prefix_at + 1:-1], middle_marker=ids[-1], middle=middle, kind=kind,
@@ -244,6 +243,108 @@ class ExampleStream:
         near = [f for f in group if f is not file and f.path.startswith(directory)]
         pool = near if len(near) >= 2 else [f for f in group if f is not file]
         return rng.sample(pool, min(SIBLINGS_PER_EXAMPLE, len(pool)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A pre-tokenized shard: examples made here, trained on a machine with no corpus and no network (a GPU)
+
+SHARD_VERSION = 1
+
+
+def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    found = tokenizer.convert_tokens_to_ids(token)
+    assert isinstance(found, int), token
+    return found
+
+
+def split_prompt(prompt: list[int], middle: list[int], kind: str, suffix_id: int, prefix_id: int) -> Example:
+    """The `Example` a prompt (as `PromptBuilder` made it) and its middle came from."""
+    suffix_at, prefix_at = prompt.index(suffix_id), prompt.index(prefix_id)
+    return Example(header=prompt[: suffix_at + 1], suffix=prompt[suffix_at + 1:prefix_at], prefix_marker=prefix_id,
+                   prefix=prompt[prefix_at + 1:-1], middle_marker=prompt[-1], middle=middle, kind=kind)
+
+
+def pack(examples: list[Example]) -> dict:
+    """Examples as flat int16 token arrays (a 4,096-token vocabulary fits) with their lengths."""
+    flat = [token for e in examples for token in (*e.prompt(), *e.middle)]
+    return {"ids": torch.tensor(flat, dtype=torch.int16),
+            "prompt_lengths": torch.tensor([len(e.prompt()) for e in examples], dtype=torch.int32),
+            "middle_lengths": torch.tensor([len(e.middle) for e in examples], dtype=torch.int32),
+            "kinds": [e.kind for e in examples]}
+
+
+def unpack(packed: dict, suffix_id: int, prefix_id: int) -> list[Example]:
+    ids = packed["ids"].to(torch.int32).tolist()
+    examples, at = [], 0
+    for prompt_length, middle_length, kind in zip(packed["prompt_lengths"].tolist(), packed["middle_lengths"].tolist(),
+                                                  packed["kinds"], strict=True):
+        prompt, middle = ids[at:at + prompt_length], ids[at + prompt_length:at + prompt_length + middle_length]
+        examples.append(split_prompt(prompt, middle, kind, suffix_id, prefix_id))
+        at += prompt_length + middle_length
+    return examples
+
+
+def make_shard(path: Path, count: int, work_dir: Path, cfg: TrainConfig, log: Log) -> None:
+    """`count` training examples and the held-out ones, made from this machine's corpus exactly as a run would."""
+    train_files, held_out, tokenizer, manifest = prepare(work_dir, cfg, log)
+    fmt = PromptFormat("fim", dict(modelzoo.SPECIAL_TOKENS))
+    canvas = cfg.canvas_length or modelzoo.PRESETS[cfg.preset].canvas_length
+    stream = ExampleStream(train_files, tokenizer, fmt, cfg, canvas)
+    examples: list[Example] = []
+    step = 0
+    while len(examples) < count:
+        examples += stream._fill(step)
+        step += 1
+    evaluation = ExampleStream(held_out, tokenizer, fmt, TrainConfig(**{**asdict(cfg), "seed": 12345}), canvas)
+    held = evaluation._fill(0)[: cfg.eval_examples]
+    torch.save({"version": SHARD_VERSION, "canvas_length": canvas, "manifest": manifest,
+                "train": pack(examples[:count]), "held_out": pack(held)}, path)
+    log(f"shard: {count:,} training and {len(held)} held-out examples in {path} "
+        f"({path.stat().st_size / 1e6:.1f} MB)")
+
+
+class ShardStream:
+    """`ExampleStream` over a shard's ready examples: random draws, grouped by prompt length, deterministic in
+    (seed, step)."""
+
+    def __init__(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: TrainConfig, canvas: int):
+        self.examples, self.tokenizer, self.cfg, self.canvas = examples, tokenizer, cfg, canvas
+        self.pool: list[Example] = []
+
+    def batch(self, step: int) -> Batch:
+        if len(self.pool) < self.cfg.batch_size:
+            rng = random.Random(self.cfg.seed * 1_000_003 + step)
+            drawn = sorted((copy.copy(e) for e in rng.choices(self.examples, k=self.cfg.batch_size * 8)),
+                           key=lambda e: len(e.prompt()))
+            batches = [drawn[i:i + self.cfg.batch_size] for i in range(0, len(drawn), self.cfg.batch_size)]
+            rng.shuffle(batches)
+            self.pool = [e for b in batches for e in b]
+        examples, self.pool = self.pool[: self.cfg.batch_size], self.pool[self.cfg.batch_size:]
+        return collate(examples, self.canvas, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+                       self.cfg.pad_weight)
+
+
+def data(work_dir: Path, cfg: TrainConfig, canvas: int, log: Log) -> tuple[ExampleStream | ShardStream, list[Batch],
+                                                                           PreTrainedTokenizerBase, dict, str]:
+    """The training stream, the held-out batches, the tokenizer, the manifest and a line for the log: from the
+    corpus on this machine, or from `cfg.shard`."""
+    fmt = PromptFormat("fim", dict(modelzoo.SPECIAL_TOKENS))
+    if not cfg.shard:
+        train_files, held_out, tokenizer, manifest = prepare(work_dir, cfg, log)
+        return (ExampleStream(train_files, tokenizer, fmt, cfg, canvas),
+                held_out_batches(held_out, tokenizer, fmt, cfg, canvas), tokenizer, manifest,
+                f"{len(train_files)} training files, {len(held_out)} held out")
+    shard = torch.load(cfg.shard, weights_only=False)
+    assert shard["version"] == SHARD_VERSION and shard["canvas_length"] == canvas, "a shard of another kind"
+    shard_tokenizer = prepare_tokenizer(work_dir, cfg, log)
+    assert shard_tokenizer is not None, "training on a shard needs the shipped model's tokenizer (--resume-from)"
+    tokenizer = shard_tokenizer
+    suffix_id, prefix_id = (token_id(tokenizer, modelzoo.SPECIAL_TOKENS[name]) for name in ("suffix", "prefix"))
+    examples, held = unpack(shard["train"], suffix_id, prefix_id), unpack(shard["held_out"], suffix_id, prefix_id)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    held_batches = [collate(held[i:i + 8], canvas, pad, eos, cfg.pad_weight) for i in range(0, len(held), 8)]
+    return (ShardStream(examples, tokenizer, cfg, canvas), held_batches, tokenizer, shard["manifest"],
+            f"{len(examples):,} shard examples ({cfg.shard}), {len(held)} held out")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -335,14 +436,7 @@ def prepare(work_dir: Path, cfg: TrainConfig, log: Log) -> tuple[list[corpus.Sou
                                                              PreTrainedTokenizerBase, dict]:
     files_path, manifest_path, tokenizer_dir = work_dir / "corpus.jsonl.gz", work_dir / "MANIFEST.json", \
         work_dir / "tokenizer"
-    tokenizer = None
-    shipped = shipped_model(cfg)
-    if (tokenizer_dir / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    elif shipped is not None:  # a shipped model's tokenizer is never retrained: its weights are tied to the ids
-        tokenizer = AutoTokenizer.from_pretrained(shipped)
-        tokenizer.save_pretrained(tokenizer_dir)
-        log(f"tokenizer: the shipped model's, from {shipped}")
+    tokenizer = prepare_tokenizer(work_dir, cfg, log)
     if files_path.is_file() and manifest_path.is_file() and tokenizer is not None:
         files = corpus.load_files(files_path)
         manifest = json.loads(manifest_path.read_text())
@@ -363,6 +457,21 @@ def prepare(work_dir: Path, cfg: TrainConfig, log: Log) -> tuple[list[corpus.Sou
     train_files = [f for f in files if not is_held_out(f)]
     held_out = [f for f in files if is_held_out(f)] or train_files[:2]  # a toy corpus may hold none out
     return train_files, held_out, tokenizer, manifest
+
+
+def prepare_tokenizer(work_dir: Path, cfg: TrainConfig, log: Log) -> PreTrainedTokenizerBase | None:
+    """The run's tokenizer: the work dir's, else the shipped model's (never retrained: its weights are tied to
+    the ids); None when there is neither and one must be trained from the corpus."""
+    tokenizer_dir = work_dir / "tokenizer"
+    if (tokenizer_dir / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(tokenizer_dir)
+    shipped = shipped_model(cfg)
+    if shipped is None:
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(shipped)
+    tokenizer.save_pretrained(tokenizer_dir)
+    log(f"tokenizer: the shipped model's, from {shipped}")
+    return tokenizer
 
 
 def shipped_model(cfg: TrainConfig) -> Path | None:
@@ -401,7 +510,7 @@ def export_model(model: DiffusionGemmaForBlockDiffusion, tokenizer: PreTrainedTo
     dtype = torch.float16 if biggest < 60_000 else torch.bfloat16  # fp16 keeps more mantissa when it fits
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    sampler = SamplerSettings(canvas_length=model.config.canvas_length, max_steps=cfg.serve_steps,
+    sampler = SamplerSettings(canvas_length=int(model.config.canvas_length or 32), max_steps=cfg.serve_steps,
                               verify=cfg.serve_verify, verify_steps=cfg.serve_verify_steps,
                               settle_steps=cfg.serve_settle_steps)
     training = {
@@ -454,6 +563,14 @@ def write_model_card(model_dir: Path) -> None:
         " next-token loss on the whole prompt and the clean middle.",
         f"- Command: `{training.get('command')}`",
         "",
+        "### Training log",
+        "",
+        "One row per stretch of training (CPU-hours and tokens are totals at the stretch's end; rows marked ~ were",
+        "reconstructed from session notes, their CPU-hours counting both cores busy throughout).",
+        "",
+        *training_log_table(training.get("log", [])),
+        *extra_sections(model_dir),
+        "",
         "## Data",
         "",
         f"- {totals['files']:,} Python files, {totals['bytes']:,} bytes, {totals['tokens']:,} tokens from"
@@ -471,6 +588,46 @@ def write_model_card(model_dir: Path) -> None:
     else:
         lines.append("Not evaluated yet: run `dglsp eval --model DIR --record`.")
     (model_dir / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def training_log_table(rows: list[dict]) -> list[str]:
+    lines = ["| stretch | steps | tokens seen | CPU-hours | held-out loss | single-line pass@1 (diffusion / "
+             "token-by-token / verified) | multi-line pass@1 |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        scores = row.get("pass_at_1", {})
+        mark = "~" if row.get("cpu_hours_estimated") else ""
+        loss = row.get("held_out_loss")
+        lines.append(f"| {row.get('date')} | {row.get('from_step', 0)}–{row.get('steps')} | "
+                     f"{row.get('tokens_seen', 0):,} | {mark}{row.get('cpu_hours', 0):.2f} | "
+                     f"{'-' if loss is None else f'{loss:.4f}'} | {_scores(scores, 'single-line')} | "
+                     f"{_scores(scores, 'multi-line')} |")
+    return lines
+
+
+def _scores(scores: dict, benchmark: str) -> str:
+    found = scores.get(benchmark, {})
+    return " / ".join(f"{found[d]:.2f}" if d in found else "-" for d in ("diffusion", "autoregressive", "verified"))
+
+
+def extra_sections(model_dir: Path) -> list[str]:
+    """Hand-written sections kept beside the generated card (`MODEL_CARD.extra.md`: comparisons, calibration)."""
+    extra = model_dir / "MODEL_CARD.extra.md"
+    return ["", *extra.read_text().rstrip().splitlines()] if extra.is_file() else []
+
+
+def record_eval(model_dir: Path, result: dict) -> None:
+    """Put an eval's pass@1 into the training log row of the weights it evaluated (dglsp.json)."""
+    meta_file = model_dir / "dglsp.json"
+    meta = json.loads(meta_file.read_text())
+    training = meta.get("training", {})
+    rows = training.get("log") or []
+    if not rows or rows[-1].get("steps") != training.get("steps"):
+        return
+    scores = rows[-1].setdefault("pass_at_1", {})
+    for row in result["rows"]:
+        if "+" not in row["decoding"]:
+            scores.setdefault(row["benchmark"], {})[row["decoding"]] = round(row["pass_at_1"], 4)
+    meta_file.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _schedule(config: dict) -> str:
@@ -637,17 +794,17 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path, ship_dir: Path | N
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    train_files, held_out, tokenizer, manifest = prepare(work_dir, cfg, log)
-    fmt = PromptFormat("fim", dict(modelzoo.SPECIAL_TOKENS))
-    preset = modelzoo.PRESETS[cfg.preset]
-    model = modelzoo.build_model(preset, len(tokenizer), seed=cfg.seed).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    preset = replace(modelzoo.PRESETS[cfg.preset], canvas_length=cfg.canvas_length or
+                     modelzoo.PRESETS[cfg.preset].canvas_length)
+    stream, held_batches, tokenizer, manifest, source = data(work_dir, cfg, preset.canvas_length, log)
+    model = modelzoo.build_model(preset, len(tokenizer), seed=cfg.seed)
+    model = model.to(device).train()  # type: ignore[arg-type]  # transformers' @wraps types `to` wrongly
+    optimizer = make_optimizer(model, cfg)
     state = _resume(model, optimizer, work_dir, cfg, device, log)
     amp = autocast_dtype(cfg, device)
     log(f"model: preset {cfg.preset}, {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{len(train_files)} training files, {len(held_out)} held out, {amp or torch.float32} compute on {device}")
-    stream = ExampleStream(train_files, tokenizer, fmt, cfg, preset.canvas_length)
-    eval_batches = [to_device(b, device) for b in held_out_batches(held_out, tokenizer, fmt, cfg, preset.canvas_length)]
+        f"{source}, {amp or torch.float32} compute on {device}")
+    eval_batches = [to_device(b, device) for b in held_batches]
     if state.step and not math.isfinite(state.best_held_out):  # resumed weights: the bar an export must beat
         state.best_held_out = held_out_loss(model, eval_batches, cfg)["loss"]
         log(f"held-out loss of the resumed weights: {state.best_held_out:.4f}")
@@ -725,6 +882,46 @@ def _update_stretch(state: TrainState) -> None:
     })
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or Muon for the hidden weight matrices with AdamW for the rest (embeddings, norms, biases)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 betas=(0.9, cfg.adam_beta2))
+    # The embedding (tied to the LM head) is a lookup table, not a transform: it stays with AdamW.
+    named = list(model.named_parameters())
+    matrices = [p for name, p in named if p.ndim == 2 and "embed" not in name and "lm_head" not in name]
+    others = [p for name, p in named if not (p.ndim == 2 and "embed" not in name and "lm_head" not in name)]
+    return _Combined([
+        # match_rms_adamw scales Muon's update to AdamW's size, so the same learning rate serves both.
+        torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"),
+        torch.optim.AdamW(others, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2)),
+    ])
+
+
+class _Combined(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameters, stepped and checkpointed as one."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        self.param_groups = [group for optimizer in optimizers for group in optimizer.param_groups]
+        self.defaults: dict = {}
+
+    def step(self, closure=None):
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for optimizer, saved in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+
+
 def _resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, work_dir: Path, cfg: TrainConfig,
             device: torch.device, log: Log) -> TrainState:
     """Load the run's checkpoint into `model` and `optimizer` (a fresh state when there is none)."""
@@ -772,7 +969,8 @@ def _resume_from_shipped(model: torch.nn.Module, shipped: Path, cfg: TrainConfig
     return state
 
 
-def _train_step(model: DiffusionGemmaForBlockDiffusion, optimizer: torch.optim.Optimizer, stream: ExampleStream,
+def _train_step(model: DiffusionGemmaForBlockDiffusion, optimizer: torch.optim.Optimizer,
+                stream: ExampleStream | ShardStream,
                 cfg: TrainConfig, state: TrainState, generator: torch.Generator, amp: torch.dtype | None,
                 device: torch.device) -> dict:
     """One optimizer step at the schedule's rate (its batch's making counted in the time); advances `state`
@@ -788,8 +986,8 @@ def _train_step(model: DiffusionGemmaForBlockDiffusion, optimizer: torch.optim.O
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
     state.step += 1
-    state.tokens_seen += stats["tokens"]
-    state.loss_tokens_seen += stats["loss_tokens"]
+    state.tokens_seen += int(stats["tokens"])
+    state.loss_tokens_seen += int(stats["loss_tokens"])
     state.train_seconds += time.monotonic() - step_begin
     state.cpu_seconds += time.process_time() - cpu_begin
     return stats
@@ -867,6 +1065,9 @@ def run(args: argparse.Namespace) -> int:
         with log_file.open("a") as handle:
             handle.write(line + "\n")
 
+    if args.make_shard:
+        make_shard(args.make_shard, args.shard_examples, work_dir, cfg, log)
+        return 0
     state = train(cfg, work_dir, export_dir, args.ship_to, command, log=log, progress=not args.no_progress)
     log(f"done: step {state.step}, {state.tokens_seen:,} tokens seen, export in {export_dir}")
     return 0
