@@ -304,23 +304,20 @@ def _tool(command: str):
     """The runner of a tool command, imported only when it runs (serving never loads the tools)."""
 
     def run(args: argparse.Namespace) -> int:
-        if command == "train":
-            from dglsp.tools.train import run as tool
-        elif command == "eval" and args.plot_gate:
-            from dglsp.tools.gate import run as tool
-        elif command == "eval" and args.repo is not None:
-            from dglsp.tools.eval_repo import run as tool
-        elif command == "eval":
-            from dglsp.tools.eval_humaneval import run as tool
-        elif command == "bench" and args.random_weights is not None:
-            from dglsp.tools.bench_shapes import run as tool
-        elif command == "bench" and args.draft:
-            from dglsp.tools.bench_draft import run as tool
-        else:
-            from dglsp.tools.bench_typing import run as tool
-        return tool(args)
+        import importlib
+
+        return importlib.import_module(f"dglsp.tools.{_tool_module(command, args)}").run(args)
 
     return run
+
+
+def _tool_module(command: str, args: argparse.Namespace) -> str:
+    """The module of `dglsp.tools` that runs `command` in the mode its options select."""
+    if command == "eval":
+        return "gate" if args.plot_gate else "eval_repo" if args.repo is not None else "eval_humaneval"
+    if command == "bench":
+        return "bench_shapes" if args.random_weights is not None else "bench_draft" if args.draft else "bench_typing"
+    return command
 
 
 def cmd_download(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from lsprotocol import types
 from pygls.workspace import Workspace
@@ -59,3 +61,19 @@ async def test_a_document_edited_while_the_model_loads_gets_no_suggestion(tiny_m
     assert await service.suggest(before, CURSOR) is None
     assert "document changed to version 2" in lines[-1]
     assert service.status()["ready"] and service.metrics.requests == 1
+
+
+async def test_status_says_what_ghost_text_and_drafts_run_with_and_the_gates_share(tiny_model_dir):
+    settings, _ = Settings().updated({"engine": {"model": str(tiny_model_dir), "device": "cpu", "warmup": False},
+                                      "postprocess": {"min_confidence": 1.0, "hide_unparsable": False},
+                                      "sampler": {"max_steps": 2, "seed": 0}})
+    service, workspace, _ = service_over(TEXT, settings)
+    await asyncio.wrap_future(service.start_loading())
+    schedule = service.status()["schedule"]
+    assert schedule["ghost_text"]["canvas_length"] == 32 and schedule["ghost_text"]["max_steps"] == 2
+    assert "set in your settings" in schedule["ghost_text"]["why"]
+    assert schedule["draft"]["canvas_length"] == 16  # the tiny model's own canvas
+    assert schedule["draft"]["max_steps"] == 24 and "the model's own" in schedule["draft"]["why"]
+    assert await service.suggest(snapshot(workspace, URI), CURSOR) is None  # random weights: below any gate of 1
+    gate = service.status()["gate"]
+    assert gate["min_confidence"] == 1.0 and gate["hidden"] == 1 and gate["hidden_share"] == 1.0

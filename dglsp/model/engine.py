@@ -25,7 +25,7 @@ from dglsp.errors import DeviceOutOfMemoryError
 from dglsp.model.backend import CanvasCallback, Generation, GenerationStats
 from dglsp.model.kvcache import PrefixCache, cache_mark, dynamic_layers, rollback
 from dglsp.model.loading import ModelBundle
-from dglsp.model.sampler import denoise_canvas
+from dglsp.model.sampler import CanvasResult, denoise_canvas
 
 log = logging.getLogger(__name__)
 MIN_OOM_CANVAS = 4  # out-of-memory retries halve the canvas down to this many tokens, then give up
@@ -197,22 +197,7 @@ class Engine:
             if index:  # commit the previous canvas into the cache before denoising the next
                 self.encode(cache, block)
                 stats.encoder_passes += 1
-            position = cache.get_seq_length()
-            canvas = denoise_canvas(
-                self._denoiser(cache, position, sampler.canvas_length),
-                sampler,
-                self.vocab_size,
-                self.device,
-                generator=generator,
-                should_stop=should_stop,
-                on_step=_step_reporter(on_canvas, output),
-                deadline=deadline,
-                fused_sampling=self.fused_sampling,
-                eos_ids=self._eos_frozen,
-            )
-            stats.canvases += 1
-            stats.steps += canvas.steps
-            stats.decode_ms += canvas.ms
+            canvas = self._denoise(cache, sampler, stats, generator, should_stop, on_canvas, output, deadline)
             if canvas.stopped:
                 stats.stopped = True
                 break
@@ -263,15 +248,8 @@ class Engine:
                 stats.stopped = True
                 break
             length = min(sampler.canvas_length, budget - len(output))
-            canvas = denoise_canvas(
-                self._denoiser(cache, cache.get_seq_length(), length), replace(draft_sampler, canvas_length=length),
-                self.vocab_size, self.device, generator=generator, should_stop=should_stop,
-                on_step=_step_reporter(on_canvas, output), deadline=deadline, fused_sampling=self.fused_sampling,
-                fixed=[pending], eos_ids=self._eos_frozen,
-            )
-            stats.canvases += 1
-            stats.steps += canvas.steps
-            stats.decode_ms += canvas.ms
+            canvas = self._denoise(cache, replace(draft_sampler, canvas_length=length), stats, generator,
+                                   should_stop, on_canvas, output, deadline, fixed=[pending])
             if canvas.stopped:
                 stats.stopped = True
                 break
@@ -294,6 +272,21 @@ class Engine:
         stats.generated_tokens = len(output)
         stats.total_ms = (time.perf_counter() - begin) * 1000
         return Generation(output, finished, stats, logprobs)
+
+    def _denoise(self, cache: DynamicCache, sampler: SamplerSettings, stats: GenerationStats,
+                 generator: torch.Generator, should_stop: Callable[[], bool], on_canvas: CanvasCallback | None,
+                 output: list[int], deadline: float | None, fixed: list[int] | None = None) -> CanvasResult:
+        """One canvas denoised after what `cache` holds, counted in `stats`; `on_canvas` sees each step's
+        canvas after the `output` so far."""
+        canvas = denoise_canvas(
+            self._denoiser(cache, cache.get_seq_length(), sampler.canvas_length), sampler, self.vocab_size,
+            self.device, generator=generator, should_stop=should_stop, on_step=_step_reporter(on_canvas, output),
+            deadline=deadline, fused_sampling=self.fused_sampling, fixed=fixed, eos_ids=self._eos_frozen,
+        )
+        stats.canvases += 1
+        stats.steps += canvas.steps
+        stats.decode_ms += canvas.ms
+        return canvas
 
     def _verify(self, cache: DynamicCache, draft: list[int]) -> tuple[list[int], int, list[float]]:
         """One encoder pass over `draft` (its first token is the greedy one already): the longest prefix the

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -80,6 +80,8 @@ class Row:
     forward_passes: float = 0.0
     ms_per_completion: float = 0.0
     steps_per_canvas: float = 0.0  # denoising steps per canvas (per draft, when verified)
+    # How many completions averaged each number of denoising steps per canvas (rounded): the stop rule at work.
+    steps_distribution: dict[int, int] = field(default_factory=dict)
     accepted_per_verification: float = 0.0  # verified decoding: tokens each encoder check committed
 
     @property
@@ -288,6 +290,9 @@ def evaluate(source: Source, options: EvalOptions, log: Callable[[str], None] = 
                 row.ms_per_completion += output.ms / len(problems)
                 row.forward_passes += output.forward_passes / len(problems)
                 row.steps_per_canvas += output.steps / max(1, output.canvases) / len(problems)
+                if output.canvases:
+                    bucket = round(output.steps / output.canvases)
+                    row.steps_distribution[bucket] = row.steps_distribution.get(bucket, 0) + 1
                 row.accepted_per_verification += output.accepted / max(1, output.verifications) / len(problems)
                 if options.calibrate:
                     calibration.setdefault(decoding, {}).setdefault(benchmark, []).append(
