@@ -130,7 +130,7 @@ def test_model_card_status_is_computed_from_the_numbers():
     from dglsp.tools.train import status_lines
 
     good = {"rows": [_row("diffusion", "single-line", 0.2, 5.0), _row("autoregressive", "single-line", 0.1, 20.0)],
-            "blank_floor": 0.03, "cold_latency": {"ms": 250.0, "prompt_tokens": 1000, "steps": 4}}
+            "blank_floor": 0.03, "cold_latency": {"ms": 180.0, "prompt_tokens": 1000, "steps": 4}}
     text = "\n".join(status_lines(good))
     assert "clearly above" in text and "not clearly" not in text and "not met" not in text
     poor = {"rows": [_row("diffusion", "single-line", 0.05, 25.0), _row("autoregressive", "single-line", 0.0, 20.0)],

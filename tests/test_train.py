@@ -185,11 +185,15 @@ def test_a_decay_is_a_branch_that_a_longer_run_does_not_inherit(tiny_work_dir):
     assert stable["state"]["step"] == 2 and stable["state"]["cooldown_start"] == 0
     assert decayed["state"]["step"] == 4 and decayed["state"]["cooldown_start"] == 2
     assert decayed["optimizer"]["param_groups"][0]["lr"] < stable["optimizer"]["param_groups"][0]["lr"]
+    decayed["state"]["cpu_seconds"] = 10_000.0  # as if the decay had been long
+    torch.save(decayed, tiny_work_dir / "checkpoint.pt")
     # A longer run with its own decay goes on from the end of the stable phase, not from the decayed weights.
     assert cli_main(["train", *args, "--max-steps", "5", "--cooldown-steps", "1"]) == 0
     log = (tiny_work_dir / "train.log").read_text()
     assert f"resumed from {tiny_work_dir / 'checkpoint-stable.pt'} at step 2" in log
-    assert torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)["state"]["step"] == 5
+    longer = torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)["state"]
+    assert longer["step"] == 5
+    assert longer["cpu_seconds"] > 10_000.0  # the abandoned decay's CPU time still counts
     card = (tiny_work_dir / "export" / "MODEL_CARD.md").read_text()
     assert "until step 4, then linearly down to" in card
 

@@ -46,7 +46,7 @@ class TrainConfig:
     serve_verify: bool = False
     serve_verify_steps: int = 1
     serve_settle_steps: int = 0
-    serve_min_confidence: float = 0.0
+    serve_min_confidence: float = 0.73
     weight_decay: float = 0.01
     optimizer: str = "adamw"  # adamw | muon (Muon for the hidden matrices, AdamW for embeddings and norms)
     # Adam's beta2 sets the half-life of its second moment in steps; for another batch size keep the half-life
