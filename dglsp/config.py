@@ -71,6 +71,11 @@ class ContextSettings:
     # slack: cutting exactly at the budget moves the start every line typed and misses the prefix KV cache.
     prefix_slack: float = 0.25
 
+    @property
+    def prompt_tokens(self) -> int:
+        """The most tokens a prompt holds: what one document's prefix cache can grow to."""
+        return self.max_prefix_tokens + self.max_suffix_tokens + self.max_snippet_tokens
+
     def validate(self) -> None:
         _require(16 <= self.max_prefix_tokens <= 131072, "max_prefix_tokens must be in 16..131072")
         _require(0 <= self.max_suffix_tokens <= 131072, "max_suffix_tokens must be in 0..131072")
@@ -132,7 +137,7 @@ class DraftSettings:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Which model to load and where. Only read at start-up (a change needs a restart)."""
+    """Which model to load and where. A change reloads the model."""
 
     model: str | None = None  # Hugging Face id or local directory; None = the embedded model
     device: str = "auto"  # auto = cuda > mps > cpu
@@ -156,7 +161,7 @@ class LatencySettings:
     """Time-to-suggestion: prefix KV reuse, typing-through, deadlines, speculation, live canvas."""
 
     prefix_cache: bool = True  # keep each document's encoder KV cache; re-encode only what changed
-    # The LRU budget for kept caches (read at start-up): this many documents' prompts at the context budget, at
+    # The LRU budget for kept caches (applied when changed): this many documents' prompts at the context budget, at
     # the model's KV bytes per token (3 KB for the embedded model: 8 documents ~ 32 MB; ~225 KB for the 26B:
     # ~2.4 GB), capped by the MB limits below. One document is typed in at a time; a few more are switched to.
     prefix_cache_documents: int = 8

@@ -10,7 +10,7 @@ import torch
 from dglsp.config import EngineSettings, LatencySettings, SamplerSettings
 from dglsp.model.backend import GenerationStats
 from dglsp.model.engine import Engine
-from dglsp.model.kvcache import PrefixCache, common_prefix_length
+from dglsp.model.kvcache import PrefixCache, chunk_size, common_prefix_length
 from dglsp.model.loading import load_bundle
 from dglsp.tools import modelzoo
 
@@ -123,6 +123,12 @@ def test_lru_eviction_keeps_the_budget(engine):
         assert cache.stats.evictions == 1
         _, reused = cache.prepare("a", prompt, engine.encode)  # "a" was least recently used: evicted
     assert reused == 0
+    cache.resize(int(one_entry * 1.5))  # a smaller budget drops the least recently used ("c") at once
+    assert len(cache) == 1 and cache.nbytes <= cache.budget_bytes and cache.stats.evictions == 3
+    with torch.inference_mode():
+        assert cache.prepare("a", prompt, engine.encode)[1] > 0
+    cache.resize(0)
+    assert len(cache) == 0
 
 
 def test_disabled_prefix_cache_keeps_nothing(tiny_model_dir):
@@ -159,3 +165,15 @@ def test_a_stop_during_prefill_stops_the_generation(engine):
     assert generation.stats.stopped and generation.stats.steps == 0 and generation.token_ids == []
     assert engine.generate(prompt, SamplerSettings(canvas_length=8, max_steps=1, seed=0),
                            cache_key="doc").stats.cached_tokens == 256
+
+
+def test_prefill_chunks_come_in_a_few_sizes_whatever_the_prompt_length():
+    sizes: set[int] = set()
+    for length in range(1, 2000):
+        chunks, left = [], length
+        while left:
+            chunks.append(chunk_size(left, 256))
+            left -= chunks[-1]
+        assert sum(chunks) == length and len(chunks) <= length // 256 + 6
+        sizes.update(chunks)
+    assert sizes == {1, 2, 4, 8, 16, *range(32, 257, 32)}

@@ -8,6 +8,8 @@ import pytest
 from lsprotocol import types
 from test_server_e2e import SOURCE, URI, inline_params, open_document, start
 
+from dglsp.config import ContextSettings
+
 pytestmark = pytest.mark.e2e
 
 # Random weights: try a few seeds/positions until the model offers something to type through.
@@ -123,3 +125,32 @@ async def test_deadline_answers_with_the_draft_so_far(tiny_model_dir):
 
 def _tuple(position: types.Position) -> tuple[int, int]:
     return position.line, position.character
+
+
+async def test_the_prefix_cache_budget_follows_the_editor_settings(tiny_model_dir):
+    """The server starts loading before `initialize`: the editor's budget must still apply, and later changes."""
+    client = await start(tiny_model_dir, {"latency": {"prefix_cache_documents": 1}})
+    open_document(client)
+    await client.text_document_inline_completion_async(inline_params(2, 11))  # answered once the model is loaded
+    stats_params = types.ExecuteCommandParams(command="dglsp.stats")
+    cache = (await client.workspace_execute_command_async(stats_params))["prefix_cache"]
+    one_document = ContextSettings().prompt_tokens * cache["kv_bytes_per_token"]
+    assert cache["kv_bytes_per_token"] > 0 and cache["budget_bytes"] == one_document
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"dglsp": {"latency": {"prefix_cache_documents": 3}}}))
+    for _ in range(50):
+        cache = (await client.workspace_execute_command_async(stats_params))["prefix_cache"]
+        if cache["budget_bytes"] != one_document:
+            break
+        await asyncio.sleep(0.1)
+    assert cache["budget_bytes"] == 3 * one_document
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"dglsp": {"latency": {"prefix_cache": False}}}))
+    for _ in range(50):
+        cache = (await client.workspace_execute_command_async(stats_params))["prefix_cache"]
+        if cache["budget_bytes"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert cache["budget_bytes"] == 0 and cache["bytes"] == 0
+    await client.shutdown_session()
+    await client.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,15 @@ def test_a_pause_file_checkpoints_and_holds_the_run_until_it_is_removed(tiny_wor
     (tiny_work_dir / train.PAUSE_FILE).unlink()
     assert process.wait(timeout=120) == 0
     assert torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
+
+
+def test_a_scored_stretch_is_closed_and_the_next_run_opens_a_row():
+    today = time.strftime("%Y-%m-%d")
+    running = train.TrainState(step=20, stretches=[{"date": today, "from_step": 10}])
+    train._open_stretch(running)  # the same day's run goes on: one row
+    assert [row["from_step"] for row in running.stretches] == [10] and running.stretches[0]["steps"] == 20
+    scored = train.TrainState(step=30, stretches=[{"date": today, "from_step": 10, "steps": 20,
+                                                    "pass_at_1": {"single-line": {"diffusion": 0.1}}}])
+    train._open_stretch(scored)
+    assert [row["from_step"] for row in scored.stretches] == [10, 30]
+    assert scored.stretches[0]["steps"] == 20  # the scored row keeps the weights it was scored on

@@ -106,6 +106,8 @@ class CompletionService:
             progress("warming up", 90)
             warm_up(engine, bundle, settings)
         self.completer = completer
+        # Settings the editor sent while the model loaded (the server starts loading before `initialize`).
+        engine.apply_latency(self.settings.latency, self.settings.context.prompt_tokens)
         progress(f"ready: {bundle.path.name} on {bundle.device} in {time.perf_counter() - begin:.1f} s", 100)
         return completer
 
@@ -133,6 +135,9 @@ class CompletionService:
             self.reload_model("the engine settings changed")
         self.scheduler.debounce_ms = settings.scheduler.debounce_ms
         self.typing_through.lookback = settings.latency.typing_through_lookback
+        resized = (settings.latency, settings.context.prompt_tokens) != (before.latency, before.context.prompt_tokens)
+        if self.completer is not None and resized and not backend_changed:
+            self.completer.engine.apply_latency(settings.latency, settings.context.prompt_tokens)
 
     # -- documents ------------------------------------------------------------------------------
     def document_changed(self, uri: str, version: int, edited_lines: list[int]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dglsp.config import SamplerSettings
+from dglsp.config import LatencySettings, SamplerSettings
 
 # (step, token ids so far, committed) -> True to end the generation after a committed canvas
 CanvasCallback = Callable[[int, list[int], bool], bool | None]
@@ -103,5 +103,9 @@ class Backend(Protocol):
     def take_notices(self) -> list[tuple[str, str]]: ...
 
     def prompt_mismatch(self, prompt_ids: list[int]) -> str | None: ...
+
+    def apply_latency(self, latency: LatencySettings, prompt_tokens: int) -> None:
+        """Latency settings that changed after loading (the prefix cache's budget)."""
+        ...
 
     def close(self) -> None: ...

@@ -50,16 +50,21 @@ class Engine:
         self._lock = threading.Lock()
         latency = latency or LatencySettings()
         self.kv_bytes_per_token = self._kv_bytes_per_token()
-        cap_mb = latency.prefix_cache_cpu_mb if self.device.type == "cpu" else latency.prefix_cache_gpu_mb
-        budget = min(cap_mb << 20, latency.prefix_cache_documents * prompt_tokens * self.kv_bytes_per_token)
-        self.prefix_cache = PrefixCache(self.model.config, budget if latency.prefix_cache else 0)
+        self.prefix_cache = PrefixCache(self.model.config, 0)
         self.prefix_cache.kv_bytes_per_token = self.kv_bytes_per_token
+        self.apply_latency(latency, prompt_tokens)
         # GPU path: fused sampling math, and a compiled decoder step (eager again if compiling fails).
         # The CPU keeps the reference path, bit-exact with transformers' generate().
         self.fused_sampling = self.device.type == "cuda"
         self._decoder_step: Callable[..., Any] = self.model
         if self.device.type == "cuda" and latency.compile_decoder:
             self._decoder_step = torch.compile(self.model, dynamic=True)
+
+    def apply_latency(self, latency: LatencySettings, prompt_tokens: int) -> None:
+        """Size the prefix cache: `latency.prefix_cache_documents` prompts of `prompt_tokens`, under the MB cap."""
+        cap_mb = latency.prefix_cache_cpu_mb if self.device.type == "cpu" else latency.prefix_cache_gpu_mb
+        budget = min(cap_mb << 20, latency.prefix_cache_documents * prompt_tokens * self.kv_bytes_per_token)
+        self.prefix_cache.resize(budget if latency.prefix_cache else 0)
 
     @torch.inference_mode()
     def _kv_bytes_per_token(self) -> int:

@@ -255,9 +255,7 @@ def load_backend(settings: Settings, progress: ProgressFn | None = None,
     from dglsp.model.engine import Engine
 
     bundle = load_bundle(settings.engine, progress)
-    context = settings.context
-    prompt_tokens = context.max_prefix_tokens + context.max_suffix_tokens + context.max_snippet_tokens
-    return bundle, Engine(bundle, settings.latency, prompt_tokens)
+    return bundle, Engine(bundle, settings.latency, settings.context.prompt_tokens)
 
 
 def load_engine(settings: Settings | EngineSettings, progress: ProgressFn | None = None) -> tuple[ModelBundle, Engine]:

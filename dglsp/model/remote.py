@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from transformers import PreTrainedTokenizerBase
 
-from dglsp.config import DEFAULT_MAX_STEPS, RemoteSettings, SamplerSettings, Settings
+from dglsp.config import DEFAULT_MAX_STEPS, LatencySettings, RemoteSettings, SamplerSettings, Settings
 from dglsp.errors import ModelLoadError, ModelNotReadyError
 from dglsp.model.backend import CanvasCallback, Generation, GenerationStats
 from dglsp.model.kvcache import PrefixCacheStats
@@ -566,6 +566,9 @@ class RemoteBackend:
             return parked.stream, typed
         self.client.close_stream(parked.stream)
         return None, ""
+
+    def apply_latency(self, latency: LatencySettings, prompt_tokens: int) -> None:
+        pass  # the server keeps the prefix cache (`--enable-prefix-caching`)
 
     def close(self) -> None:
         self._close_parked()

@@ -870,9 +870,13 @@ def _pause(work_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
 
 
 def _open_stretch(state: TrainState) -> None:
-    """A row of the training log for this run, or the day's row when the same day's run goes on."""
+    """A row of the training log for this run, or the day's row when the same day's run goes on.
+
+    A row `dglsp eval --record` has scored is closed: its pass@1 belongs to the weights at its end.
+    """
     today = time.strftime("%Y-%m-%d")
-    if not state.stretches or state.stretches[-1].get("date") != today:
+    last = state.stretches[-1] if state.stretches else {}
+    if last.get("date") != today or "pass_at_1" in last:
         state.stretches.append({"date": today, "from_step": state.step})
     _update_stretch(state)
 
