@@ -86,3 +86,18 @@ def test_plot_gate_writes_a_png_from_calibration_runs(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     chosen = json.loads(capsys.readouterr().out)
     assert list(chosen) == ["verified single-line (eval)"]
+
+
+def test_plot_gate_pools_each_decoding_over_its_benchmarks(tmp_path, capsys):
+    run = {"calibration": {
+        "diffusion": {"single-line": [[0.9, True, True], [0.5, False, False]],
+                      "multi-line": [[0.8, False, False], [None, False, False]]},
+        "verified": {"single-line": [[0.7, True, True]]},
+    }}
+    source = tmp_path / "eval.json"
+    source.write_text(json.dumps(run))
+    assert cli_main(["eval", "--plot-gate", str(source), str(tmp_path / "gate.png"), "--json"]) == 0
+    chosen = json.loads(capsys.readouterr().out)
+    assert "diffusion pooled" in chosen and "verified pooled" not in chosen  # one series: nothing to pool
+    assert chosen["diffusion pooled"]["ungated"] == {"coverage": 0.75, "precision": pytest.approx(0.3333, abs=1e-4)}
+    assert chosen["diffusion pooled"]["threshold"] == 0.8  # 0.9 would keep under half the coverage

@@ -126,7 +126,7 @@ def test_cli_routes_eval_repo(repo, tiny_model_dir, capsys):
     assert cli_main(["eval", "--repo", str(repo), "--model", str(tiny_model_dir), "--limit", "3", "--calibrate",
                      "--json", "--settings", '{"sampler": {"max_steps": 2}, "postprocess": {"hide_unparsable": false}}'
                      ]) == 0
-    points = json.loads(capsys.readouterr().out)["calibration"]["pipeline"][f"{repo.name} exact match"]
+    points = json.loads(capsys.readouterr().out)["calibration"]["diffusion"][f"{repo.name} exact match"]
     assert len(points) == 3
     assert all(confidence is None or 0.0 < confidence <= 1.0 for confidence, _, _ in points)
 

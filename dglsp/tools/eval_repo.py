@@ -380,7 +380,9 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_repo(completer, args.repo, settings, limit, args.per_kind, args.seed, kinds,
                            args.test_cmd, args.test_limit, args.test_timeout, log, args.oracle_overrun)
     if args.json:
-        calibration = {"calibration": {"pipeline": {f"{args.repo.name} exact match": report.calibration}}
+        decoding = "oracle" if completer is None else (
+            "verified" if completer.engine.resolved(settings.sampler).verify else "diffusion")
+        calibration = {"calibration": {decoding: {f"{args.repo.name} exact match": report.calibration}}
                        } if args.calibrate else {}
         print(json.dumps({"repo": str(args.repo), "model": model, "ms_per_hole": report.ms_per_hole,
                           "scores": {v: {k: s.row() for k, s in by.items()} for v, by in report.scores.items()},

@@ -62,6 +62,16 @@ def load_points(files: list[Path]) -> dict[str, list[list]]:
     return series
 
 
+def pooled(series: dict[str, list[list]]) -> dict[str, list[list]]:
+    """Each decoding's points over all its benchmarks and runs, where it has more than one series: the
+    threshold a server uses has to serve every kind of request at once."""
+    by_decoding: dict[str, list[str]] = {}
+    for name in series:
+        by_decoding.setdefault(name.split(" ", 1)[0], []).append(name)
+    return {f"{decoding} pooled": [point for name in names for point in series[name]]
+            for decoding, names in by_decoding.items() if len(names) > 1}
+
+
 def plot(series: dict[str, list[list]], png: Path) -> dict[str, dict]:
     """Draw every series' precision-coverage curve into `png`; return each one's chosen threshold."""
     import matplotlib
@@ -100,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     *files, png = args.plot_gate
     if not files:
         raise SystemExit("dglsp eval --plot-gate: give one or more eval JSON files, then the PNG to write")
-    chosen = plot(load_points(files), png)
+    series = load_points(files)
+    chosen = plot({**series, **pooled(series)}, png)
     print(json.dumps(chosen, indent=2) if args.json else "\n".join(
         f"{name}: threshold {c['threshold']} keeps coverage {c['coverage']:.3f} (of {c['ungated']['coverage']:.3f})"
         f" at precision {c['precision']:.3f} (ungated {c['ungated']['precision']:.3f})" for name, c in chosen.items()))

@@ -601,7 +601,8 @@ def training_log_table(rows: list[dict]) -> list[str]:
                      f"{row.get('tokens_seen', 0):,} | {mark}{row.get('cpu_hours', 0):.2f} | "
                      f"{'-' if loss is None else f'{loss:.4f}'} | {_scores(scores, 'single-line')} | "
                      f"{_scores(scores, 'multi-line')} |")
-    notes = [f"- {row.get('date')}: {row['held_out_note']}" for row in rows if row.get("held_out_note")]
+    notes = [f"- {row.get('date')}, steps {row.get('from_step', 0)}–{row.get('steps')}: {row[key]}"
+             for row in rows for key in ("held_out_note", "note") if row.get(key)]
     return lines + ([""] + notes if notes else [])
 
 
