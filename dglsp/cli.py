@@ -314,6 +314,8 @@ def _tool(command: str):
 def _tool_module(command: str, args: argparse.Namespace) -> str:
     """The module of `dglsp.tools` that runs `command` in the mode its options select."""
     if command == "eval":
+        if args.plot_training:
+            return "curve"
         return "gate" if args.plot_gate else "eval_repo" if args.repo is not None else "eval_humaneval"
     if command == "bench":
         return "bench_shapes" if args.random_weights is not None else "bench_draft" if args.draft else "bench_typing"

@@ -3,6 +3,7 @@
 # held-out loss per CPU-hour before adopting a change. Each arm trains for MINUTES on one thread in its own
 # work dir (sharing the corpus and tokenizer of WORK), then `scripts/compare_training.py` prints the table.
 #   scripts/compare_training.sh [MINUTES] [WORK]
+#   ARMS="scratch-small scratch-deep" scripts/compare_training.sh 15   # the model shape, from scratch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-6}
@@ -17,6 +18,9 @@ declare -A arms=(
   [canvas-16]="--canvas-length 16"
   [batch-16-beta2]="--batch-size 16 --adam-beta2 0.9025"
   [muon]="--optimizer muon"
+  # The shape: no shipped weights fit another shape, so both arms start from scratch (same seed, same time).
+  [scratch-small]="--resume-from= --preset small --batch-size 16 --adam-beta2 0.9025 --ar-weight 2.0"
+  [scratch-deep]="--resume-from= --preset deep --batch-size 16 --adam-beta2 0.9025 --ar-weight 2.0"
 )
 for arm in ${ARMS:-baseline ar-weight-2 ar-weight-0.5 canvas-16 batch-16-beta2 muon}; do
   dir="$root/$arm"

@@ -98,8 +98,10 @@ def test_saved_outputs_are_scored_again_without_a_model(tiny_model_dir, tmp_path
     outputs = tmp_path / "outputs.jsonl"
     common = ["--benchmark", "single-line", "--limit", "2", "--json", "--pipeline"]
     assert cli_main(["eval", "--model", str(tiny_model_dir), *common, "--threads", "1", "--max-steps", "2",
-                               "--no-latency", "--save-outputs", str(outputs)]) == 0
+                               "--no-latency", "--save-outputs", str(outputs), "--entropy-bound", "2",
+                               "--t-max", "0.5", "--t-min", "0.25"]) == 0
     ran = json.loads(capsys.readouterr().out)
+    assert (ran["sampler"]["entropy_bound"], ran["sampler"]["t_max"], ran["sampler"]["t_min"]) == (2.0, 0.5, 0.25)
     assert len(outputs.read_text().splitlines()) == 6  # 2 problems x 3 decodings
     assert cli_main(["eval", *common, "--rescore", str(outputs)]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == ran["rows"]

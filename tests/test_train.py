@@ -153,7 +153,8 @@ def test_train_resumes_from_its_checkpoint_and_exports_a_loadable_model(tiny_wor
     assert cli_main(["train", *args, "--max-steps", "2"]) == 0
     first = torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)
     assert first["state"]["step"] == 2
-    assert cli_main(["train", *args, "--max-steps", "3", "--ship-to", str(tiny_work_dir / "shipped")]) == 0
+    schedule = ["--serve-t-max", "0.3", "--serve-t-min", "0.1", "--serve-entropy-bound", "2"]
+    assert cli_main(["train", *args, *schedule, "--max-steps", "3", "--ship-to", str(tiny_work_dir / "shipped")]) == 0
     second = torch.load(tiny_work_dir / "checkpoint.pt", weights_only=False)
     assert second["state"]["step"] == 3 and second["state"]["tokens_seen"] > first["state"]["tokens_seen"]
     assert "resumed from" in (tiny_work_dir / "train.log").read_text()
@@ -161,7 +162,10 @@ def test_train_resumes_from_its_checkpoint_and_exports_a_loadable_model(tiny_wor
     for name in ("config.json", "model.safetensors", "tokenizer.json", "dglsp.json", "MANIFEST.json", "MODEL_CARD.md"):
         assert (shipped / name).is_file(), name
     bundle = load_bundle(EngineSettings(model=str(shipped)))
-    assert json.loads((shipped / "dglsp.json").read_text())["training"]["steps"] == 3
+    meta = json.loads((shipped / "dglsp.json").read_text())
+    assert meta["training"]["steps"] == 3
+    # The diffusion schedule it serves with is the run's --serve-* choice.
+    assert (meta["sampler"]["t_max"], meta["sampler"]["t_min"], meta["sampler"]["entropy_bound"]) == (0.3, 0.1, 2.0)
     generation = Engine(bundle).generate([bundle.tokenizer.bos_token_id], SamplerSettings(canvas_length=16, seed=0))
     assert generation.stats.steps > 0
 

@@ -388,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
     sampler = SamplerSettings(**bundle.meta.get("sampler", {"canvas_length": engine.default_canvas_length}))
     if args.canvas_length:
         sampler = replace(sampler, canvas_length=args.canvas_length)
-    for name in ("verify_steps", "settle_steps"):
+    for name in ("verify_steps", "settle_steps", "entropy_bound", "t_max", "t_min"):
         if getattr(args, name) is not None:
             sampler = replace(sampler, **{name: getattr(args, name)})
     # The schedule the engine would take (the model's own where unset), so eval.json records what ran.

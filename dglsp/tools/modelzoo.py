@@ -68,6 +68,9 @@ PRESETS: dict[str, Preset] = {
     # The embedded default: sized so a cold 1k-token completion stays well under 300 ms on 2 CPU cores.
     "small": Preset(256, 6, 4, 2, 64, 768, 4, 2, 256, 512, 32),
     "base": Preset(384, 8, 6, 2, 64, 1152, 4, 2, 384, 512, 32),
+    # Deep and thin (8.6M parameters): twice small's layers at 0.6x its width, for the shape comparison
+    # of scripts/compare_training.sh (both shapes from scratch, on the same CPU time).
+    "deep": Preset(160, 12, 2, 1, 80, 480, 4, 2, 160, 512, 32),
 }
 
 

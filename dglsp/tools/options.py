@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 DEFAULT_WORK_DIR = Path(os.environ.get("DGLSP_TRAIN_DIR", Path.home() / "dglsp-train"))
-PRESET_NAMES = ("tiny", "small", "base")  # modelzoo.PRESETS (a test checks they agree)
+PRESET_NAMES = ("tiny", "small", "base", "deep")  # modelzoo.PRESETS (a test checks they agree)
 BENCHMARKS = ("single-line", "multi-line", "random-span")
 DECODINGS = ("diffusion", "autoregressive", "verified")
 REPO_HOLE_KINDS = ("rest-of-line", "whole-line", "block", "random-span")
@@ -47,6 +47,11 @@ class TrainConfig:
     serve_verify_steps: int = 1
     serve_settle_steps: int = 0
     serve_min_confidence: float = 0.73
+    # The diffusion schedule: temperature from serve_t_max (first step) to serve_t_min, and the entropy a step
+    # may accept in all (DiffusionGemma's values are 0.8, 0.4 and 0.1).
+    serve_t_max: float = 0.8
+    serve_t_min: float = 0.4
+    serve_entropy_bound: float = 0.1
     weight_decay: float = 0.01
     optimizer: str = "adamw"  # adamw | muon (Muon for the hidden matrices, AdamW for embeddings and norms)
     # Adam's beta2 sets the half-life of its second moment in steps; for another batch size keep the half-life
@@ -173,9 +178,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     human_eval.add_argument("--settle-steps", type=int, default=None,
                             help="end a canvas once its argmax up to EOS is unchanged for N steps (0: off; "
                                  "default: the model's)")
+    human_eval.add_argument("--entropy-bound", type=float, default=None,
+                            help="diffusion: the entropy a step may accept in all (default: the model's)")
+    human_eval.add_argument("--t-max", type=float, default=None,
+                            help="diffusion: sampling temperature at the first step (default: the model's)")
+    human_eval.add_argument("--t-min", type=float, default=None,
+                            help="diffusion: sampling temperature at the last step (default: the model's)")
     human_eval.add_argument("--plot-gate", type=Path, nargs="+", metavar=("EVAL_JSON", "PNG"), default=None,
                             help="plot precision against coverage of the confidence gate from --calibrate runs' "
                                  "JSON files into the last argument (a PNG), and print the table")
+    human_eval.add_argument("--plot-training", type=Path, nargs="+", metavar=("MODEL_DIR", "PNG"), default=None,
+                            help="plot held-out loss and pass@1 against CPU-hours from a model's training log "
+                                 "(default model: the embedded one) into the last argument (a PNG)")
     human_eval.add_argument("--timeout", type=float, default=10.0, help="seconds per executed program")
     human_eval.add_argument("--no-latency", action="store_true", help="skip the cold ~1k-token completion timing")
     human_eval.add_argument("--record", action="store_true",

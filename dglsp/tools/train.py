@@ -512,7 +512,8 @@ def export_model(model: DiffusionGemmaForBlockDiffusion, tokenizer: PreTrainedTo
         shutil.rmtree(out_dir)
     sampler = SamplerSettings(canvas_length=int(model.config.canvas_length or 32), max_steps=cfg.serve_steps,
                               verify=cfg.serve_verify, verify_steps=cfg.serve_verify_steps,
-                              settle_steps=cfg.serve_settle_steps)
+                              settle_steps=cfg.serve_settle_steps, t_max=cfg.serve_t_max, t_min=cfg.serve_t_min,
+                              entropy_bound=cfg.serve_entropy_bound)
     training = {
         "preset": cfg.preset, "steps": state.step, "tokens_seen": state.tokens_seen,
         "loss_tokens_seen": state.loss_tokens_seen, "train_hours": round(state.train_seconds / 3600, 3),
@@ -567,6 +568,7 @@ def write_model_card(model_dir: Path) -> None:
         "",
         "One row per stretch of training (CPU-hours and tokens are totals at the stretch's end; rows marked ~ were",
         "reconstructed from session notes, their CPU-hours counting both cores busy throughout).",
+        "`dglsp eval --plot-training PNG` draws it: held-out loss and pass@1 against CPU-hours.",
         "",
         *training_log_table(training.get("log", [])),
         *extra_sections(model_dir),
@@ -601,8 +603,9 @@ def training_log_table(rows: list[dict]) -> list[str]:
                      f"{row.get('tokens_seen', 0):,} | {mark}{row.get('cpu_hours', 0):.2f} | "
                      f"{'-' if loss is None else f'{loss:.4f}'} | {_scores(scores, 'single-line')} | "
                      f"{_scores(scores, 'multi-line')} |")
-    notes = [f"- {row.get('date')}, steps {row.get('from_step', 0)}–{row.get('steps')}: {row[key]}"
-             for row in rows for key in ("held_out_note", "note") if row.get(key)]
+    notes = [f"- {row.get('date')}, steps {row.get('from_step', 0)}–{row.get('steps')}: {prefix}{row[key]}"
+             for row in rows for key, prefix in (("held_out_metric", "held-out loss: "), ("held_out_note", ""),
+                                                 ("note", "")) if row.get(key)]
     return lines + ([""] + notes if notes else [])
 
 
