@@ -73,15 +73,19 @@ def _xy(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
 
 def run(args: argparse.Namespace) -> int:
     """`dglsp eval --plot-training [MODEL_DIR] PNG`."""
-    from dglsp.model.loading import EMBEDDED_MODEL_DIR
+    from dglsp.errors import DglspError
+    from dglsp.model.loading import EMBEDDED_MODEL_DIR, read_meta
 
     *model, png = args.plot_training
     if len(model) > 1:
         raise SystemExit("dglsp eval --plot-training: give at most one model directory, then the PNG to write")
-    config = Path(model[0] if model else EMBEDDED_MODEL_DIR) / "dglsp.json"
-    log = json.loads(config.read_text()).get("training", {}).get("log", []) if config.is_file() else []
+    directory = Path(model[0] if model else EMBEDDED_MODEL_DIR)
+    try:
+        log = read_meta(directory).get("training", {}).get("log", [])
+    except DglspError as exc:
+        raise SystemExit(f"dglsp eval --plot-training: {exc}") from None
     if not log:
-        raise SystemExit(f"dglsp eval --plot-training: no training log in {config}")
+        raise SystemExit(f"dglsp eval --plot-training: no training log in {directory / 'dglsp.json'}")
     plot(log, png)
     last = log[-1]
     summary = {"stretches": len(log), "cpu_hours": last["cpu_hours"], "tokens_seen": last["tokens_seen"],
