@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_MAX_STEPS = 24  # denoising steps for a model that recommends none
+# DiffusionGemma's schedule (the 26B's generation config): for a model that records none of its own.
+DIFFUSIONGEMMA_SCHEDULE = {"entropy_bound": 0.1, "t_max": 0.8, "t_min": 0.4}
 
 
 @dataclass(frozen=True)
@@ -23,9 +25,11 @@ class SamplerSettings:
     # Upper bound (the stable-and-confident stop usually ends earlier). 0: the model's own, from its
     # dglsp.json (8 for the embedded model), else DEFAULT_MAX_STEPS.
     max_steps: int = 0
-    entropy_bound: float = 0.1
-    t_max: float = 0.8  # temperature at the first step
-    t_min: float = 0.4  # temperature at the last step
+    # The entropy a step may accept in all, and the temperature at the first and at the last step. None = the
+    # model's own: its dglsp.json, else its generation config, else DIFFUSIONGEMMA_SCHEDULE.
+    entropy_bound: float | None = None
+    t_max: float | None = None
+    t_min: float | None = None
     stability_threshold: int = 1
     confidence_threshold: float = 0.005
     max_canvases: int = 1  # >1 chains canvases block-autoregressively (drafting)
@@ -41,11 +45,23 @@ class SamplerSettings:
     verify: bool | None = None
     verify_steps: int = 0  # denoising steps per draft when verifying (0: the model's, else max_steps)
 
+    def with_schedule(self, own: dict[str, Any] | None = None) -> SamplerSettings:
+        """These settings with each schedule value left to the model (None) taken from `own`, else from
+        DIFFUSIONGEMMA_SCHEDULE."""
+        own = own or {}
+
+        def pick(name: str, mine: float | None) -> float:
+            return float(mine if mine is not None else own.get(name) or DIFFUSIONGEMMA_SCHEDULE[name])
+
+        return dataclasses.replace(self, entropy_bound=pick("entropy_bound", self.entropy_bound),
+                                   t_max=pick("t_max", self.t_max), t_min=pick("t_min", self.t_min))
+
     def validate(self) -> None:
         _require(1 <= self.canvas_length <= 1024, "canvas_length must be in 1..1024")
         _require(0 <= self.max_steps <= 512, "max_steps must be in 0..512 (0: the model's default)")
-        _require(self.entropy_bound > 0, "entropy_bound must be > 0")
-        _require(0 < self.t_min <= self.t_max, "need 0 < t_min <= t_max")
+        _require(self.entropy_bound is None or self.entropy_bound > 0, "entropy_bound must be > 0")
+        _require(all(t is None or t > 0 for t in (self.t_min, self.t_max)), "temperatures must be > 0")
+        _require(self.t_min is None or self.t_max is None or self.t_min <= self.t_max, "need t_min <= t_max")
         _require(self.stability_threshold >= 0, "stability_threshold must be >= 0")
         _require(self.confidence_threshold > 0, "confidence_threshold must be > 0")
         _require(1 <= self.max_canvases <= 64, "max_canvases must be in 1..64")

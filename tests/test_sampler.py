@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -108,6 +109,19 @@ def test_confident_scripted_model_converges_early_to_its_target():
     assert seen == [1, 2]
 
 
+@pytest.mark.parametrize("t_min", [0.05, 1.0])
+def test_the_confidence_is_read_at_temperature_one_whatever_the_schedule(t_min):
+    # Margin 2 over 10 others: p = e^2 / (e^2 + 10) = 0.425 at temperature 1, but ~1.0 at temperature 0.05.
+    target = [3, 1, 4, 1, 5]
+    settings = SamplerSettings(canvas_length=5, max_steps=3, t_max=t_min, t_min=t_min)
+    result = denoise_canvas(scripted_denoiser(target, confidence=2.0), settings, VOCAB, torch.device("cpu"),
+                            generator=torch.Generator().manual_seed(0))
+    expected = math.log(math.exp(2.0) / (math.exp(2.0) + VOCAB - 1))
+    assert result.tokens[0].tolist() == target
+    assert result.logprobs is not None
+    assert result.logprobs[0].tolist() == pytest.approx([expected] * 5, abs=1e-5)
+
+
 def test_uncertain_model_runs_the_full_schedule():
     result = denoise_canvas(scripted_denoiser([0] * 8, confidence=0.0), SamplerSettings(canvas_length=8, max_steps=7),
                             VOCAB, torch.device("cpu"))
@@ -161,3 +175,18 @@ def test_max_steps_zero_takes_the_models_own_step_count(tiny_model_dir, tmp_path
     # Random weights never become confident, so the schedule's length is what ends each canvas.
     assert engine.generate(prompt, SamplerSettings(canvas_length=8, seed=0)).stats.steps == 3
     assert engine.generate(prompt, SamplerSettings(canvas_length=8, max_steps=5, seed=0)).stats.steps == 5
+
+
+def test_the_schedule_is_the_models_own_unless_the_user_sets_it(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    meta = json.loads((model_dir / "dglsp.json").read_text())
+    meta["sampler"].update(t_max=0.3, t_min=0.1, entropy_bound=2.0)
+    (model_dir / "dglsp.json").write_text(json.dumps(meta))
+    engine = Engine(load_bundle(EngineSettings(model=str(model_dir), device="cpu")))
+    ran = engine.resolved(SamplerSettings())
+    assert (ran.t_max, ran.t_min, ran.entropy_bound) == (0.3, 0.1, 2.0)
+    mine = engine.resolved(SamplerSettings(t_max=0.9, entropy_bound=0.5))
+    assert (mine.t_max, mine.t_min, mine.entropy_bound) == (0.9, 0.1, 0.5)

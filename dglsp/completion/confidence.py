@@ -1,7 +1,8 @@
 """A suggestion's confidence: how probable the model found the tokens the editor will show.
 
-The backend reports each generated token's log-probability (the decoder's at the canvas's last step; the
-encoder's for verified and token-by-token decoding). Post-processing usually keeps a prefix of the generated
+The backend reports each generated token's log-probability at temperature 1 (the decoder's at the canvas's
+last step; the encoder's for verified and token-by-token decoding), so the gate does not move with the
+sampling temperature. Post-processing usually keeps a prefix of the generated
 text (the first line, the block), so the confidence is the geometric mean probability of the tokens that
 make up the shown text: exp(mean log p). A suggestion below `postprocess.min_confidence` is not shown.
 """

@@ -124,12 +124,24 @@ class Engine:
                 except torch.OutOfMemoryError as exc:
                     sampler = self._smaller_after_oom(sampler, cache_key, exc)
 
+    @property
+    def own_schedule(self) -> dict[str, float | None]:
+        """The model's diffusion schedule: its dglsp.json (our models), else its generation config."""
+        config = self.model.generation_config
+        sampler_config = getattr(config, "sampler_config", None)
+        bound = (sampler_config.get("entropy_bound") if isinstance(sampler_config, dict)
+                 else getattr(sampler_config, "entropy_bound", None))
+        theirs = {"entropy_bound": bound, "t_max": getattr(config, "t_max", None),
+                  "t_min": getattr(config, "t_min", None)}
+        ours = self.bundle.meta.get("sampler", {})
+        return {name: ours.get(name) or value for name, value in theirs.items()}
+
     def resolved(self, sampler: SamplerSettings) -> SamplerSettings:
         """`sampler` with every "the model's own" value (0 or None) taken from the model: its dglsp.json
         `sampler` section (our models), else its generation config, else the defaults in config.py."""
         own = self.bundle.meta.get("sampler", {})
         return replace(
-            sampler,
+            sampler.with_schedule(self.own_schedule),
             max_steps=sampler.max_steps or self.default_steps,
             verify=bool(own.get("verify")) if sampler.verify is None else sampler.verify,
             verify_steps=sampler.verify_steps or int(own.get("verify_steps") or 0),

@@ -32,7 +32,9 @@ class CanvasResult:
     stopped: bool  # the stop flag ended it before the schedule did
     converged: bool  # the stable-and-confident criterion (or the settle rule) ended it
     ms: float
-    logprobs: torch.Tensor | None = None  # [1, L] the decoder's log-probability of each argmax token, last step
+    # [1, L] each argmax token's log-probability at the last step, at temperature 1: the confidence gate reads
+    # it, and a tempered one says every token is certain once the schedule ends near temperature 0
+    logprobs: torch.Tensor | None = None
 
 
 def temperature_at(step_remaining: int, settings: SamplerSettings) -> torch.Tensor:
@@ -42,7 +44,9 @@ def temperature_at(step_remaining: int, settings: SamplerSettings) -> torch.Tens
     rounds the same way (a float64 Python temperature differs in the last bit).
     """
     step = torch.tensor(step_remaining, dtype=torch.int32)
-    return settings.t_min + (settings.t_max - settings.t_min) * (step / settings.max_steps)
+    t_min, t_max = settings.t_min, settings.t_max
+    assert t_min is not None and t_max is not None, "resolve the schedule first (SamplerSettings.with_schedule)"
+    return t_min + (t_max - t_min) * (step / settings.max_steps)
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -92,6 +96,8 @@ def denoise_canvas(
     `eos_ids` let `settings.settle_steps` end the canvas once it has settled up to its first EOS.
     """
     assert settings.canvas_length > 0 and settings.max_steps > 0
+    settings = settings.with_schedule()
+    assert settings.entropy_bound is not None
     start = time.perf_counter()
     shape = (1, settings.canvas_length)
     canvas = torch.randint(0, vocab_size, shape, device=device, generator=generator)  # [1, L]
@@ -100,13 +106,15 @@ def denoise_canvas(
         canvas[:, : pinned.shape[1]] = pinned
     argmax_canvas = canvas
     self_conditioning: torch.Tensor | None = None
+    raw_logits: torch.Tensor | None = None
     history = torch.full((settings.stability_threshold, *shape), -1, dtype=torch.long, device=device)
     settle = _Settle(settings.settle_steps, eos_ids)
     steps = 0
     converged = stopped = False
     for step_remaining in range(settings.max_steps, 0, -1):
         temperature = temperature_at(step_remaining, settings).to(device)
-        logits = denoise(canvas, self_conditioning) / temperature  # [1, L, V]
+        raw_logits = denoise(canvas, self_conditioning)  # [1, L, V]
+        logits = raw_logits / temperature
         steps += 1
         if fused_sampling:
             sampled, entropy = fused_sample(logits, generator)
@@ -134,8 +142,8 @@ def denoise_canvas(
             break
         if deadline is not None and time.monotonic() >= deadline:
             break
-    logprobs = None if self_conditioning is None else torch.log_softmax(
-        self_conditioning.float(), dim=-1).max(dim=-1).values  # [1, L]
+    logprobs = None if raw_logits is None else torch.log_softmax(
+        raw_logits.float(), dim=-1).gather(-1, argmax_canvas[..., None])[..., 0]  # [1, L]
     return CanvasResult(argmax_canvas, steps, stopped, converged, (time.perf_counter() - start) * 1000, logprobs)
 
 

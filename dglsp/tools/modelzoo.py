@@ -144,6 +144,8 @@ def build_model(preset: Preset, vocab_size: int, seed: int = 0) -> DiffusionGemm
 def generation_config_for(
     sampler: SamplerSettings, tokenizer: PreTrainedTokenizerBase
 ) -> DiffusionGemmaGenerationConfig:
+    sampler = sampler.with_schedule()
+    assert sampler.entropy_bound is not None
     return DiffusionGemmaGenerationConfig(
         max_new_tokens=sampler.canvas_length,
         max_denoising_steps=sampler.max_steps or DEFAULT_MAX_STEPS,
