@@ -1,5 +1,5 @@
 """The remote backend against a REAL OpenAI-compatible server: `transformers serve` running our tiny
-DiffusionGemma on 127.0.0.1 (vLLM's CPU build cannot serve DiffusionGemma here; see README).
+DiffusionGemma on 127.0.0.1 (vLLM's CPU build cannot serve DiffusionGemma here; see docs/remote.md).
 
 Slow (the server loads torch and the model, and generates on the CPU): `pytest -m slow
 tests/test_remote_server.py -s` runs it and prints the numbers. Needs the `serving` extra
@@ -25,7 +25,8 @@ from test_remote_e2e import SOURCE, URI, start_remote
 from test_server_e2e import inline_params, open_document
 
 from dglsp.config import SamplerSettings, Settings
-from dglsp.model.remote import RemoteError, load_remote
+from dglsp.model.loading import load_remote
+from dglsp.model.remote import RemoteError
 
 pytestmark = [
     pytest.mark.slow,
