@@ -48,9 +48,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                           "model's own for drafts)")
     sampling.add_argument("--steps", type=int,
                           help="maximum denoising steps per canvas (default: the model's, 8 for the embedded one)")
-    sampling.add_argument("--decoding", choices=("diffusion", "verified"),
+    sampling.add_argument("--decoding", choices=("diffusion", "verified", "speculative", "autoregressive"),
                           help="diffusion: the canvas as denoised; verified: each canvas checked by the causal "
-                          "encoder (exactly greedy token-by-token text) (default: the model's)")
+                          "encoder (exactly greedy token-by-token text); speculative: verified, each check seeding "
+                          "the next draft; autoregressive: token by token (default: the model's)")
     sampling.add_argument("--min-confidence", type=float,
                           help="hide suggestions whose tokens the model finds less probable than this (0..1)")
     sampling.add_argument("--max-canvases", type=int, help="canvases chained per completion (default 1)")
@@ -77,7 +78,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if value is not None:
             sampler[key] = value
     if args.decoding is not None:
-        sampler["verify"] = args.decoding == "verified"
+        sampler["decoding"] = args.decoding
     if args.min_confidence is not None:
         options.setdefault("postprocess", {})["min_confidence"] = args.min_confidence
     draft = options.setdefault("draft", {})
@@ -164,7 +165,7 @@ def offset_of(text: str, line: int, column: int) -> int:
 def cmd_complete(args: argparse.Namespace) -> int:
     from dglsp.completion.completer import Completer
     from dglsp.errors import DglspError
-    from dglsp.model.loading import load_backend
+    from dglsp.model.loading import load_backend, warm_up
 
     path, line, column = parse_location(args.location)
     try:
@@ -182,8 +183,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
         raise SystemExit(f"dglsp: {exc}") from None
     load_s = time.perf_counter() - begin
     completer = Completer(bundle, engine)
-    if settings.engine.warmup and settings.engine.backend == "local":
-        completer.complete(completer.context_at(text, offset, settings), settings)
+    if settings.engine.warmup:
+        warm_up(engine, bundle, settings)
     context = completer.context_at(text, offset, settings, str(path), args.language or _language_of(path))
     draft = args.command == "draft"
     commits: list[float] = []
@@ -209,6 +210,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
             "postprocess_ms": suggestion.postprocess_ms, "total_ms": suggestion.total_ms,
             "canvases": stats.canvases, "generated_tokens": stats.generated_tokens,
             "confidence": suggestion.confidence, "hidden_by_gate": suggestion.gated,
+            "reason": suggestion.hidden.reason.value if suggestion.hidden else None,
+            "reason_detail": suggestion.hidden.detail if suggestion.hidden else None,
             "verifications": stats.verifications, "accepted_per_verification": stats.accepted_per_verification,
             "first_commit_ms": (commits[0] - start) * 1000 if commits else None,
         }, indent=2))
@@ -216,18 +219,26 @@ def cmd_complete(args: argparse.Namespace) -> int:
     before = context.prefix.rsplit("\n", 1)[-1]
     print(f"# {path}:{line}:{column}  model {bundle.path.name} on {bundle.device} (loaded in {load_s:.1f} s)")
     print(f"# cursor line: {before!r} | {context.suffix.split(chr(10), 1)[0]!r}")
-    if suggestion.gated:
-        print(f"# no suggestion: confidence {suggestion.confidence:.3f} is below the gate "
-              f"(postprocess.min_confidence {completer.min_confidence(settings.postprocess):.3f})")
-        print(f"# raw output: {suggestion.raw!r}")
-    elif suggestion.text is None:
-        print("# no suggestion (the model produced nothing worth showing)")
+    if suggestion.hidden is not None:
+        print(f"# no suggestion: {REASON_WORDS.get(suggestion.hidden.reason.value, suggestion.hidden.reason.value)}"
+              + (f" ({suggestion.hidden.detail})" if suggestion.hidden.detail else ""))
         print(f"# raw output: {suggestion.raw!r}")
     else:
         print(suggestion.text)
     print(f"# {suggestion.timings()}")
     return 0
 
+
+# How `dglsp complete` words each reason (the editors word them alike).
+REASON_WORDS = {
+    "low_confidence": "below the confidence gate (postprocess.min_confidence)",
+    "unparsable": "it did not parse (more syntax errors than the empty gap)",
+    "repeat": "it repeated the code around the cursor",
+    "empty": "the model produced nothing worth showing",
+    "brackets": "nothing was left once over-closing brackets were cut",
+    "backend_error": "the completion server failed",
+    "cancelled": "cancelled",
+}
 
 LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".go": "go", ".rs": "rust", ".c": "c",
              ".h": "c", ".cpp": "cpp", ".java": "java", ".lua": "lua"}
@@ -311,14 +322,22 @@ def _tool(command: str):
     return run
 
 
+EVAL_MODULES = {"humaneval": "eval_humaneval", "agreement": "agreement", "repo": "eval_repo", "gate": "gate",
+                "curve": "curve", "edits": "eval_edits"}
+BENCH_MODULES = {"typing": "bench_typing", "draft": "bench_draft", "shapes": "bench_shapes", "step": "bench_step",
+                 "edit": "bench_edit"}
+
+
 def _tool_module(command: str, args: argparse.Namespace) -> str:
-    """The module of `dglsp.tools` that runs `command` in the mode its options select."""
+    """The module of `dglsp.tools` that runs `command` in the mode it names (or, for the flags that named modes
+    before modes had names, the mode those select)."""
     if command == "eval":
-        if args.plot_training:
-            return "curve"
-        return "gate" if args.plot_gate else "eval_repo" if args.repo is not None else "eval_humaneval"
+        mode = args.mode or ("curve" if args.plot_training else "gate" if args.plot_gate else
+                             "repo" if args.repo is not None else "humaneval")
+        return EVAL_MODULES[mode]
     if command == "bench":
-        return "bench_shapes" if args.random_weights is not None else "bench_draft" if args.draft else "bench_typing"
+        mode = args.mode or ("shapes" if args.random_weights is not None else "draft" if args.draft else "typing")
+        return BENCH_MODULES[mode]
     return command
 
 

@@ -2,71 +2,80 @@
 
 Editors send settings as `initializationOptions` and `workspace/didChangeConfiguration`
 in the shape ``{"sampler": {...}, "context": {...}, ...}`` (section names are the
-fields of `Settings`). `Settings.updated()` validates them field by field: a bad value
-is reported and the previous value kept, so one typo never takes the server down.
+fields of `Settings`). `Settings.updated()` checks each value's type with cattrs (the
+choices are `Literal`s), merges a section and validates it once, so a consistent pair
+such as `t_min`/`t_max` applies together; a bad value is reported and the previous value
+kept, so one typo never takes the server down. `None` is the only value that means "the
+model's own" (resolved once, from the model's files, by `dglsp.model.schedule`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-DEFAULT_MAX_STEPS = 24  # denoising steps for a model that recommends none
-# DiffusionGemma's schedule (the 26B's generation config): for a model that records none of its own.
-DIFFUSIONGEMMA_SCHEDULE = {"entropy_bound": 0.1, "t_max": 0.8, "t_min": 0.4}
+import cattrs
+
+Decoding = Literal["diffusion", "verified", "speculative", "autoregressive"]
+Policy = Literal["entropy_bound", "prefix"]
 
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """The block-diffusion schedule (DiffusionGemma's rule, see `sampler.py`)."""
+    """How ghost text is decoded. Every None is the model's own value (its dglsp.json, else its generation
+    config, else DiffusionGemma's rule): see `dglsp.model.schedule`."""
 
-    canvas_length: int = 32  # autocomplete wants short canvases; the 26B was trained at 256
-    # Upper bound (the stable-and-confident stop usually ends earlier). 0: the model's own, from its
-    # dglsp.json (8 for the embedded model), else DEFAULT_MAX_STEPS.
-    max_steps: int = 0
-    # The entropy a step may accept in all, and the temperature at the first and at the last step. None = the
-    # model's own: its dglsp.json, else its generation config, else DIFFUSIONGEMMA_SCHEDULE.
+    # Autocomplete wants short canvases (the 26B was trained at 256). None: the model's own.
+    canvas_length: int | None = 32
+    # The canvas of a request whose answer is one line (the rest of a line, or one line under the cursor's scope):
+    # a line is ~7-14 tokens. None: the model's own, else `canvas_length`.
+    line_canvas_length: int | None = None
+    # diffusion: the canvas as denoised; verified: each canvas is a draft one causal encoder pass checks, keeping
+    # the longest prefix its greedy predictions agree with (exactly greedy token-by-token text); speculative:
+    # verified, with each check seeding the next draft and `verify_mix` as the acceptance dial; autoregressive:
+    # one encoder pass per token.
+    decoding: Decoding | None = None
+    # Which canvas positions a denoising step keeps: entropy_bound (DiffusionGemma's: the lowest-entropy
+    # positions anywhere, within `entropy_bound`) or prefix (the longest leading run whose argmax probability is
+    # at least `prefix_threshold`, held fixed while the rest is denoised again).
+    policy: Policy | None = None
+    max_steps: int | None = None  # an upper bound per canvas; the stop rules usually end earlier
     entropy_bound: float | None = None
-    t_max: float | None = None
-    t_min: float | None = None
+    t_max: float | None = None  # sampling temperature at the first step ...
+    t_min: float | None = None  # ... and at the last
+    prefix_threshold: float | None = None
+    eos_freeze: bool | None = None  # after a confident EOS the tail is padding, never denoised again
     stability_threshold: int = 1
     confidence_threshold: float = 0.005
     max_canvases: int = 1  # >1 chains canvases block-autoregressively (drafting)
     seed: int | None = None  # fixed seed for reproducible suggestions
     # Our stop rule beside DiffusionGemma's (whose mean-entropy bound a small model never reaches): the canvas
-    # is done once its argmax up to and including the first EOS has not changed for `settle_steps` steps
-    # (the tail after EOS is never shown). 0 = off; None = the model's own (its dglsp.json; off for others).
+    # is done once its argmax up to and including the first EOS has not changed for `settle_steps` steps. 0: off.
     settle_steps: int | None = None
-    # Verified decoding: each canvas is a draft that one causal encoder pass checks; the longest prefix the
-    # encoder's greedy predictions agree with is kept, plus the encoder's own token at the first disagreement.
-    # The text is then exactly greedy token-by-token decoding, at fewer forward passes when drafts are good.
-    # None = the model's own choice (its dglsp.json; plain diffusion for models we did not train).
-    verify: bool | None = None
-    verify_steps: int = 0  # denoising steps per draft when verifying (0: the model's, else max_steps)
-
-    def with_schedule(self, own: dict[str, Any] | None = None) -> SamplerSettings:
-        """These settings with each schedule value left to the model (None) taken from `own`, else from
-        DIFFUSIONGEMMA_SCHEDULE."""
-        own = own or {}
-
-        def pick(name: str, mine: float | None) -> float:
-            return float(mine if mine is not None else own.get(name) or DIFFUSIONGEMMA_SCHEDULE[name])
-
-        return dataclasses.replace(self, entropy_bound=pick("entropy_bound", self.entropy_bound),
-                                   t_max=pick("t_max", self.t_max), t_min=pick("t_min", self.t_min))
+    verify_steps: int | None = None  # denoising steps per draft when verifying
+    verify_mix: float | None = None  # speculative: the canvas's weight in the acceptance logits (0: exactly greedy)
+    # Whose probability of the shown tokens the confidence gate reads: the canvas's own (the decoder is sure of
+    # its canvas, right or wrong), or the encoder's, one pass over the committed text. None: the model's own.
+    gate: Literal["canvas", "encoder"] | None = None
 
     def validate(self) -> None:
-        _require(1 <= self.canvas_length <= 1024, "canvas_length must be in 1..1024")
-        _require(0 <= self.max_steps <= 512, "max_steps must be in 0..512 (0: the model's default)")
+        _require(self.canvas_length is None or 1 <= self.canvas_length <= 1024, "canvas_length must be in 1..1024")
+        _require(self.line_canvas_length is None or 1 <= self.line_canvas_length <= 1024,
+                 "line_canvas_length must be in 1..1024")
+        _require(self.max_steps is None or 1 <= self.max_steps <= 512, "max_steps must be in 1..512")
         _require(self.entropy_bound is None or self.entropy_bound > 0, "entropy_bound must be > 0")
         _require(all(t is None or t > 0 for t in (self.t_min, self.t_max)), "temperatures must be > 0")
         _require(self.t_min is None or self.t_max is None or self.t_min <= self.t_max, "need t_min <= t_max")
+        _require(self.prefix_threshold is None or 0 < self.prefix_threshold <= 1, "prefix_threshold must be in (0, 1]")
         _require(self.stability_threshold >= 0, "stability_threshold must be >= 0")
         _require(self.confidence_threshold > 0, "confidence_threshold must be > 0")
         _require(1 <= self.max_canvases <= 64, "max_canvases must be in 1..64")
         _require(self.settle_steps is None or 0 <= self.settle_steps <= 64, "settle_steps must be in 0..64")
-        _require(0 <= self.verify_steps <= 512, "verify_steps must be in 0..512")
+        _require(self.verify_steps is None or 0 <= self.verify_steps <= 512, "verify_steps must be in 0..512")
+        _require(self.verify_mix is None or 0 <= self.verify_mix <= 1, "verify_mix must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,7 @@ class ContextSettings:
     max_suffix_tokens: int = 256
     # Snippets from other open documents and recent edits, in a budget of their own. "auto": only for
     # models whose prompt format was trained with them (dglsp.json `"snippets": true`) and chat models.
-    snippets: str = "auto"
+    snippets: Literal["auto", "on", "off"] = "auto"
     max_snippet_tokens: int = 256
     snippet_lines: int = 12  # lines per chunk of another document
     max_snippets: int = 4
@@ -97,7 +106,6 @@ class ContextSettings:
         _require(0 <= self.max_suffix_tokens <= 131072, "max_suffix_tokens must be in 0..131072")
         _require(1 <= self.chars_per_token <= 64, "chars_per_token must be in 1..64")
         _require(0 <= self.prefix_slack < 1, "prefix_slack must be in [0, 1)")
-        _require(self.snippets in ("auto", "on", "off"), "snippets must be auto, on or off")
         _require(0 <= self.max_snippet_tokens <= 32768, "max_snippet_tokens must be in 0..32768")
         _require(1 <= self.snippet_lines <= 200, "snippet_lines must be in 1..200")
         _require(0 <= self.max_snippets <= 64, "max_snippets must be in 0..64")
@@ -140,15 +148,39 @@ class DraftSettings:
     max_tokens: int = 384
     max_lines: int = 200  # post-processing cap for drafts (autocomplete uses postprocess.max_lines)
     # A draft is long and explicit: it takes the model's own canvas (256 tokens for the 26B, which it was trained
-    # at; 32 for the embedded model) and its own step count (0: the model's), not the ghost text's short canvas.
-    canvas_length: int = 0
-    max_steps: int = 0
+    # at; 32 for the embedded model) and its own step count (None: the model's), not the ghost text's short canvas.
+    canvas_length: int | None = None
+    max_steps: int | None = None
 
     def validate(self) -> None:
         _require(1 <= self.max_tokens <= 8192, "max_tokens must be in 1..8192")
-        _require(0 <= self.canvas_length <= 1024, "canvas_length must be in 0..1024 (0: the model's)")
-        _require(0 <= self.max_steps <= 512, "max_steps must be in 0..512 (0: the model's)")
+        _require(self.canvas_length is None or 1 <= self.canvas_length <= 1024, "canvas_length must be in 1..1024")
+        _require(self.max_steps is None or 1 <= self.max_steps <= 512, "max_steps must be in 1..512")
         _require(1 <= self.max_lines <= 10000, "max_lines must be in 1..10000")
+
+
+@dataclass(frozen=True)
+class NextEditSettings:
+    """Next-edit suggestions (`textDocument/copilotInlineEdit`): the model rewrites the region where the next edit
+    belongs, from the document's recent edits."""
+
+    enabled: bool = True
+    radius: int = 3  # the cursor's region: its line and this many lines either side
+    history_edits: int = 8  # recent edits (unified diffs) in the prompt
+    snippet_tokens: int = 512  # the prompt's budget for the edits and the region's current text
+    # The rewrite's canvas starts from the region's current text instead of noise (most of a region stays).
+    seed_canvas: bool = True
+    policy: Policy = "prefix"  # a copied run is committed in one pass, left to right
+    max_steps: int = 48  # per canvas: the prefix policy commits at least one position a step
+    # Hide an edit whose changed tokens the model found less probable than this; None = the model's own.
+    min_confidence: float | None = None
+
+    def validate(self) -> None:
+        _require(0 <= self.radius <= 50, "radius must be in 0..50")
+        _require(0 <= self.history_edits <= 64, "history_edits must be in 0..64")
+        _require(0 <= self.snippet_tokens <= 8192, "snippet_tokens must be in 0..8192")
+        _require(1 <= self.max_steps <= 512, "max_steps must be in 1..512")
+        _require(self.min_confidence is None or 0.0 <= self.min_confidence <= 1.0, "min_confidence must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -157,18 +189,16 @@ class EngineSettings:
 
     model: str | None = None  # Hugging Face id or local directory; None = the embedded model
     device: str = "auto"  # auto = cuda > mps > cpu
-    dtype: str = "auto"  # auto = bfloat16 on cuda and on CPUs with bf16 matmuls, float32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto = bf16 on cuda and on CPUs with bf16
+    # matmuls, float32 elsewhere
     threads: int = 0  # torch intra-op threads on the CPU; 0 = torch's default
     trust_remote_code: bool = False
     warmup: bool = True
-    backend: str = "local"  # local = the model on this machine; remote = a server (see RemoteSettings)
+    backend: Literal["local", "remote"] = "local"  # local = the model on this machine; remote = a server
 
     def validate(self) -> None:
-        _require(self.backend in ("local", "remote"), "backend must be local or remote")
         _require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
                  "device must be auto, cpu, cuda, cuda:N or mps")
-        _require(self.dtype in ("auto", "float32", "bfloat16", "float16"),
-                 "dtype must be auto, float32, bfloat16 or float16")
         _require(self.threads >= 0, "threads must be >= 0")
 
 
@@ -186,7 +216,10 @@ class LatencySettings:
     typing_through: bool = True  # typing what the shown suggestion says is answered without the model
     typing_through_lookback: int = 64  # how many just-typed characters to look back over (llama.vim: 32+)
     deadline_ms: int = 0  # per-request budget; when it runs out the best draft so far is shown (0 = none)
-    speculative: bool = True  # after an accepted suggestion, precompute the next one at low priority
+    prefetch: bool = True  # after an accepted suggestion, compute the next one at low priority
+    # Where the editor says its cursor went (a document entered, a jump: `dglsp/focus`), encode the prompt at low
+    # priority, so the first keystroke there re-encodes only what it typed.
+    prefill_on_focus: bool = True
     live_canvas: bool = False  # stream intermediate canvases as `dglsp/canvas` notifications
     live_canvas_interval_ms: int = 50  # at most one `dglsp/canvas` notification per interval
     compile_decoder: bool = True  # CUDA only: torch.compile the decoder step (read at start-up)
@@ -259,6 +292,7 @@ class Settings:
     draft: DraftSettings = field(default_factory=DraftSettings)
     latency: LatencySettings = field(default_factory=LatencySettings)
     remote: RemoteSettings = field(default_factory=RemoteSettings)
+    next_edit: NextEditSettings = field(default_factory=NextEditSettings)
 
     def updated(self, options: Any) -> tuple[Settings, list[str]]:
         """Apply a client's settings dict; returns the new settings and one warning per rejected value."""
@@ -285,43 +319,69 @@ def _require(condition: bool, message: str) -> None:
         raise SettingsError(message)
 
 
+def _strict(kind: type, name: str):
+    """A cattrs hook that takes a value of exactly `kind` (an int also for a float; never a bool for a number):
+    cattrs' defaults would turn "32" into 32 and True into 1."""
+
+    def structure(value: Any, _: Any) -> Any:
+        numeric = kind in (int, float)
+        if isinstance(value, bool) and numeric or not isinstance(value, (int, float) if kind is float else kind):
+            raise TypeError(f"expected {name}")
+        return float(value) if kind is float else value  # type: ignore[arg-type]  # checked above
+
+    return structure
+
+
+_CONVERTER = cattrs.Converter(forbid_extra_keys=True)
+for _kind, _name in ((int, "an integer"), (float, "a number"), (bool, "true or false"), (str, "a string")):
+    _CONVERTER.register_structure_hook(_kind, _strict(_kind, _name))
+
+
+def _type_error(kind: Any, value: Any) -> str | None:
+    """Why `value` cannot be a setting of type `kind`, or None."""
+    parts = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+    choices = [arg for part in parts if typing.get_origin(part) is Literal for arg in typing.get_args(part)]
+    optional = type(None) in parts
+    if choices and value not in choices and not (value is None and optional):
+        return "expected one of " + ", ".join(map(str, choices)) + (" or null" if optional else "")
+    try:
+        _CONVERTER.structure(value, kind)
+    except Exception as exc:  # cattrs raises TypeError, ValueError or its own grouped errors
+        messages = cattrs.transform_error(exc) if isinstance(exc, cattrs.BaseValidationError) else [str(exc)]
+        return "; ".join(messages)
+    return None
+
+
 def _update_section(current: Any, section: str, values: Any, warnings: list[str]) -> Any:
+    """`current` with `values` merged: each value's type checked, then the section validated once as a whole;
+    when the whole is invalid, each value is tried alone so only the ones at fault are rejected."""
     if not isinstance(values, dict):
         warnings.append(f"settings section {section!r} must be an object; kept as it was")
         return current
-    types = {f.name: f.type for f in dataclasses.fields(current)}
+    hints = typing.get_type_hints(type(current))
+    accepted: dict[str, Any] = {}
     for key, value in values.items():
-        if key not in types:
+        if key not in hints:
             warnings.append(f"unknown setting {section}.{key} ignored")
             continue
-        if not _type_ok(value, str(types[key])):
-            kept = getattr(current, key)
-            warnings.append(f"{section}.{key}={value!r} has the wrong type ({types[key]}); kept {kept!r}")
+        wrong = _type_error(hints[key], value)
+        if wrong:
+            warnings.append(f"{section}.{key}={value!r} rejected ({wrong}); kept {getattr(current, key)!r}")
             continue
-        candidate = dataclasses.replace(current, **{key: value})
+        accepted[key] = _CONVERTER.structure(value, hints[key])
+    try:
+        return _validated(current, accepted)
+    except SettingsError:
+        pass
+    for key, value in accepted.items():
         try:
-            candidate.validate()
+            current = _validated(current, {key: value})
         except SettingsError as exc:
             warnings.append(f"{section}.{key}={value!r} rejected: {exc}; kept {getattr(current, key)!r}")
-            continue
-        current = candidate
     return current
 
 
-def _type_ok(value: Any, annotation: str) -> bool:
-    allowed: list[type] = []
-    for part in annotation.replace(" ", "").split("|"):
-        if part == "None":
-            if value is None:
-                return True
-        elif part == "bool":
-            allowed.append(bool)
-        elif part == "int":
-            if isinstance(value, int) and not isinstance(value, bool):
-                return True
-        elif part == "float":
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return True
-        elif part == "str":
-            allowed.append(str)
-    return any(isinstance(value, t) for t in allowed)
+def _validated(current: Any, changes: dict[str, Any]) -> Any:
+    candidate = dataclasses.replace(current, **changes)
+    candidate.validate()
+    return candidate

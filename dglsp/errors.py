@@ -31,5 +31,12 @@ class ModelNotReadyError(DglspError):
     code = -32002  # ServerNotInitialized is the closest standard code
 
 
+class BackendError(DglspError):
+    """The model's server cannot give a completion now (down, refusing the key, failing); the message says why.
+    Not a `ModelNotReadyError`: "the server is down" and "the model is loading" are different things to show."""
+
+    code = -32803  # RequestFailed
+
+
 class DeviceOutOfMemoryError(DglspError):
     """The device ran out of memory even after retrying with smaller canvases."""

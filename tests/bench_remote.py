@@ -25,6 +25,7 @@ from remote_standin import StandIn  # noqa: E402
 from dglsp.completion.prompt import CursorContext, PromptBuilder, PromptFormat  # noqa: E402
 from dglsp.config import RemoteSettings, SamplerSettings, Settings  # noqa: E402
 from dglsp.model.remote import RemoteBackend  # noqa: E402
+from dglsp.model.schedule import ModelDefaults  # noqa: E402
 from dglsp.tools import modelzoo  # noqa: E402
 
 
@@ -54,11 +55,11 @@ def main() -> None:
     prompt = builder.build(CursorContext("import os\n\ndef add(a, b):\n    ", "\n\nprint(add(1, 2))\n", "calc.py")).ids
     standin = StandIn()
     standin.config.step_s, standin.config.steps_per_canvas, standin.config.canvas_chars = 0.002, 4, 16
-    backend = RemoteBackend(RemoteSettings(url=standin.url, reuse_ms=0), tokenizer)
+    backend = RemoteBackend(RemoteSettings(url=standin.url, reuse_ms=0), tokenizer, ModelDefaults())
     suggestion_ms, abort_ms = [], []
     for _ in range(args.runs):
         standin.config.reply = lambda prompt: "return a + b\n"
-        generation = backend.generate(prompt, SamplerSettings())
+        generation = backend.generate(prompt, backend.schedule(SamplerSettings()))
         suggestion_ms.append(generation.stats.total_ms)
         standin.config.reply = lambda prompt: "x = compute(a, b)\n" * 50
         stop = threading.Event()
@@ -68,7 +69,7 @@ def main() -> None:
                 stop.set()
             return stop.is_set()
 
-        backend.generate(prompt, SamplerSettings(max_canvases=8), after_first_canvas)
+        backend.generate(prompt, backend.schedule(SamplerSettings(max_canvases=8)), after_first_canvas)
         stream, record = backend.last_stream, standin.completions()[-1]
         standin.wait_for(lambda record=record: record.outcome != "pending")
         if record.outcome == "aborted" and stream.closed_at is not None:

@@ -52,7 +52,7 @@ def test_pick_functions_explains_when_nothing_fits(tmp_path, tiny_tokenizer):
 def test_baseline_turns_the_latency_features_off():
     args = build_parser().parse_args(["bench", "--baseline", "--context-tokens", "1024"])
     options = bench.server_settings(args)
-    assert options["latency"] == {"prefix_cache": False, "typing_through": False, "speculative": False}
+    assert options["latency"] == {"prefix_cache": False, "typing_through": False, "prefetch": False}
     assert options["context"]["max_prefix_tokens"] + options["context"]["max_suffix_tokens"] == 1024
     assert "latency" not in bench.server_settings(build_parser().parse_args(["bench"]))
 

@@ -48,7 +48,7 @@ def test_the_embedded_model_has_a_curve_to_draw(tmp_path, capsys):
 
 
 def test_the_model_cards_training_log_names_a_rows_other_held_out_metric():
-    from dglsp.tools.train import training_log_table
+    from dglsp.tools.model_card import training_log_table
 
     rows = [dict(row, date=f"stretch {i}", steps=i) for i, row in enumerate(LOG)]
     notes = [line for line in training_log_table(rows) if line.startswith("- ")]

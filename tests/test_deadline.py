@@ -6,8 +6,7 @@ import time
 
 from dglsp.completion.completer import cut_at_line_boundary
 from dglsp.config import EngineSettings, SamplerSettings
-from dglsp.model.engine import Engine
-from dglsp.model.loading import load_bundle
+from dglsp.model.loading import load_engine
 
 
 def test_cut_keeps_whole_lines_only():
@@ -18,9 +17,10 @@ def test_cut_keeps_whole_lines_only():
 
 
 def test_an_expired_deadline_answers_after_one_step_with_a_draft(tiny_model_dir):
-    engine = Engine(load_bundle(EngineSettings(model=str(tiny_model_dir), device="cpu")))
+    engine = load_engine(EngineSettings(model=str(tiny_model_dir), device="cpu"))[1]
     prompt = engine.bundle.tokenizer.encode("def f(x):\n    return", add_special_tokens=False)
-    never_converges = SamplerSettings(canvas_length=16, max_steps=64, confidence_threshold=1e-9, seed=0)
+    never_converges = engine.schedule(SamplerSettings(canvas_length=16, max_steps=64, confidence_threshold=1e-9,
+                                                      seed=0))
     generation = engine.generate(prompt, never_converges, deadline=time.monotonic() - 1)
     assert generation.stats.steps == 1 and generation.stats.hit_deadline
     assert len(generation.token_ids) > 0 or generation.finished  # the argmax draft, not nothing

@@ -11,47 +11,48 @@ import pytest
 
 from dglsp.cli import main as cli_main
 from dglsp.tools import eval_humaneval as evaluate
+from dglsp.tools import humaneval
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def problem() -> evaluate.Problem:
-    return evaluate.load_problems("single-line", limit=1)[0]
+def problem() -> humaneval.Problem:
+    return humaneval.load_problems("single-line", limit=1)[0]
 
 
 def test_known_correct_completion_passes(problem):
-    result = evaluate.check_completion(problem, problem.canonical_solution)
+    result = humaneval.check_completion(problem, problem.canonical_solution)
     assert result.passed, result.detail
 
 
 def test_known_wrong_completion_fails(problem):
     indent = problem.canonical_solution[: len(problem.canonical_solution) - len(problem.canonical_solution.lstrip())]
-    result = evaluate.check_completion(problem, f"{indent}return not_a_name\n")
+    result = humaneval.check_completion(problem, f"{indent}return not_a_name\n")
     assert not result.passed and result.status == "failed"
 
 
 def test_an_assertion_failure_is_a_failure():
-    assert evaluate.run_program("assert 1 + 1 == 3\n").status == "failed"
-    assert evaluate.run_program("assert 1 + 1 == 2\n").passed
+    assert humaneval.run_program("assert 1 + 1 == 3\n").status == "failed"
+    assert humaneval.run_program("assert 1 + 1 == 2\n").passed
 
 
 def test_infinite_loop_times_out_quickly():
     begin = time.monotonic()
-    result = evaluate.run_program("while True:\n    pass\n", timeout_s=1.0)
+    result = humaneval.run_program("while True:\n    pass\n", timeout_s=1.0)
     assert result.status == "timeout"
     assert time.monotonic() - begin < 5
 
 
 def test_memory_is_limited():
-    result = evaluate.run_program("x = bytearray(4 << 30)\n", timeout_s=5.0)
+    result = humaneval.run_program("x = bytearray(4 << 30)\n", timeout_s=5.0)
     assert result.status == "failed" and "MemoryError" in result.detail
 
 
 def test_programs_run_in_a_scratch_directory_that_is_removed():
     source = "import os, sys\nassert 'dglsp-eval-' in os.getcwd(), os.getcwd()\nassert sys.flags.isolated\n" \
              "open('scratch.txt', 'w').write(os.getcwd())\n"
-    assert evaluate.run_program(source).passed
+    assert humaneval.run_program(source).passed
     assert not Path("scratch.txt").exists()
 
 
@@ -61,12 +62,12 @@ def test_single_line_postprocessing_keeps_the_first_line(problem):
 
 
 def test_exact_match_ignores_trailing_whitespace_only(problem):
-    assert evaluate.is_exact(problem.canonical_solution.rstrip("\n") + "  \n", problem)
-    assert not evaluate.is_exact(problem.canonical_solution.replace("(", "[", 1) + "\n", problem)
+    assert humaneval.is_exact(problem.canonical_solution.rstrip("\n") + "  \n", problem)
+    assert not humaneval.is_exact(problem.canonical_solution.replace("(", "[", 1) + "\n", problem)
 
 
 def test_limit_spreads_problems_over_the_benchmark():
-    problems = evaluate.load_problems("multi-line", limit=4)
+    problems = humaneval.load_problems("multi-line", limit=4)
     assert len(problems) == 4
     tasks = {p.task_id.split("/")[2] for p in problems}
     assert len(tasks) == 4  # four different HumanEval tasks, not four holes in the first one
@@ -108,7 +109,7 @@ def test_saved_outputs_are_scored_again_without_a_model(tiny_model_dir, tmp_path
 
 
 def test_rescoring_executes_the_recorded_text(tmp_path, capsys):
-    problems = evaluate.load_problems("single-line", limit=2)
+    problems = humaneval.load_problems("single-line", limit=2)
     outputs = tmp_path / "outputs.jsonl"
 
     def rescore(texts: list[str]) -> float:
@@ -129,7 +130,7 @@ def _row(decoding: str, benchmark: str, pass_at_1: float, forward_passes: float)
 
 
 def test_model_card_status_is_computed_from_the_numbers():
-    from dglsp.tools.train import status_lines
+    from dglsp.tools.model_card import status_lines
 
     good = {"rows": [_row("diffusion", "single-line", 0.2, 5.0), _row("autoregressive", "single-line", 0.1, 20.0)],
             "blank_floor": 0.03, "cold_latency": {"ms": 180.0, "prompt_tokens": 1000, "steps": 4}}

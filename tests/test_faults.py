@@ -26,8 +26,7 @@ from dglsp.completion.scheduler import Cancelled, JobKey, Scheduler, WorkerCrash
 from dglsp.config import EngineSettings, SamplerSettings, ServeSettings, Settings
 from dglsp.errors import DeviceOutOfMemoryError, ModelLoadError
 from dglsp.lsp.server import _client_options
-from dglsp.model.engine import Engine
-from dglsp.model.loading import load_bundle
+from dglsp.model.loading import load_engine
 
 SOURCE = "def add(a, b):\n    return \n"
 URI = "file:///faults/add.py"
@@ -87,7 +86,7 @@ def broken_copy(model_dir: Path, tmp_path: Path, fault: str) -> Path:
 def test_broken_model_directory_is_named_with_its_fix(tiny_model_dir, tmp_path, fault):
     broken = broken_copy(tiny_model_dir, tmp_path, fault)
     with pytest.raises(ModelLoadError) as caught:
-        load_bundle(EngineSettings(model=str(broken), warmup=False))
+        load_engine(EngineSettings(model=str(broken), warmup=False))
     for word in FAULTS[fault][1]:
         assert word in str(caught.value), f"{fault}: {word!r} not in {caught.value}"
 
@@ -109,8 +108,7 @@ def test_client_settings_name_only_allowed_remote_hosts():
 # -- out of memory during a generation -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def completer(tiny_model_dir) -> Completer:
-    bundle = load_bundle(EngineSettings(model=str(tiny_model_dir), warmup=False))
-    return Completer(bundle, Engine(bundle))
+    return Completer(*load_engine(EngineSettings(model=str(tiny_model_dir), warmup=False)))
 
 
 def oom_hook(canvases: list[int], fail_at_or_above: int):
@@ -130,7 +128,7 @@ def test_out_of_memory_retries_with_a_smaller_canvas(completer):
     settings = Settings(sampler=SamplerSettings(canvas_length=16, max_steps=2, seed=0))
     context = completer.context_at(SOURCE, SOURCE.index("return ") + 7, settings)
     canvases: list[int] = []
-    handle = completer.bundle.model.register_forward_pre_hook(oom_hook(canvases, 16), with_kwargs=True)
+    handle = completer.backend.model.register_forward_pre_hook(oom_hook(canvases, 16), with_kwargs=True)
     try:
         suggestion = completer.complete(context, settings)
     finally:
@@ -146,7 +144,7 @@ def test_out_of_memory_at_every_size_is_reported_and_the_worker_lives_on(complet
     canvases: list[int] = []
 
     async def run() -> None:
-        handle = completer.bundle.model.register_forward_pre_hook(oom_hook(canvases, 1), with_kwargs=True)
+        handle = completer.backend.model.register_forward_pre_hook(oom_hook(canvases, 1), with_kwargs=True)
         try:
             with pytest.raises(DeviceOutOfMemoryError, match="out of memory.*canvas_length"):
                 await scheduler.submit(JobKey("doc"), 1,

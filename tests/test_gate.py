@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from scripted import ScriptedModel
@@ -13,7 +14,7 @@ from dglsp.completion.completer import Completer
 from dglsp.completion.confidence import shown_token_count
 from dglsp.completion.prompt import CursorContext
 from dglsp.config import EngineSettings, Settings
-from dglsp.model.loading import load_bundle
+from dglsp.model.loading import load_local
 from dglsp.tools.gate import curve, pick_threshold
 
 CONTEXT = CursorContext("def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n", "calc.py", "python")
@@ -21,7 +22,7 @@ CONTEXT = CursorContext("def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n",
 
 @pytest.fixture(scope="module")
 def bundle(tiny_model_dir):
-    return load_bundle(EngineSettings(model=str(tiny_model_dir), device="cpu"))
+    return load_local(EngineSettings(model=str(tiny_model_dir), device="cpu"))[0]
 
 
 def scripted(bundle, text: str, probability: float, tail: str = "", tail_probability: float = 1.0) -> Completer:
@@ -55,8 +56,7 @@ def test_the_gate_hides_only_what_falls_below_the_threshold(bundle, probability,
 
 def test_the_models_own_threshold_applies_unless_the_user_sets_one(bundle):
     completer = scripted(bundle, "a + b", 0.3)
-    completer.bundle = type(bundle)(bundle.model, bundle.tokenizer, {**bundle.meta, "postprocess": {
-        "min_confidence": 0.5}}, bundle.path, bundle.device)
+    completer.backend.defaults = replace(completer.backend.defaults, min_confidence=0.5)
     assert completer.complete(CONTEXT, settings(None)).gated
     assert not completer.complete(CONTEXT, settings(0.1)).gated
 

@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from dglsp.config import EngineSettings, LatencySettings, SamplerSettings
+from dglsp.config import EngineSettings, LatencySettings, SamplerSettings, Settings
 from dglsp.model.backend import GenerationStats
 from dglsp.model.engine import Engine
 from dglsp.model.kvcache import PrefixCache, chunk_size, common_prefix_length
-from dglsp.model.loading import load_bundle
+from dglsp.model.loading import load_engine
 from dglsp.tools import modelzoo
 
 TOLERANCE = 1e-4
@@ -19,7 +19,7 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir) -> Engine:
-    return Engine(load_bundle(EngineSettings(model=str(tiny_model_dir), device="cpu", dtype="float32")))
+    return load_engine(EngineSettings(model=str(tiny_model_dir), device="cpu", dtype="float32"))[1]
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +28,16 @@ def narrow_window_engine(tmp_path_factory, tiny_tokenizer) -> Engine:
     preset = dataclasses.replace(modelzoo.PRESETS["tiny"], num_hidden_layers=4, sliding_window=8)
     model = modelzoo.build_model(preset, len(tiny_tokenizer), seed=1)
     directory = modelzoo.save_model_dir(model, tiny_tokenizer, tmp_path_factory.mktemp("narrow"))
-    return Engine(load_bundle(EngineSettings(model=str(directory), device="cpu", dtype="float32")))
+    return load_engine(EngineSettings(model=str(directory), device="cpu", dtype="float32"))[1]
 
 
 def decoder_logits(engine: Engine, cache, prompt_length: int) -> torch.Tensor:
     """Logits of one decoder forward over a fixed canvas (what every denoising step reads from the cache)."""
     generator = torch.Generator().manual_seed(0)
-    canvas = torch.randint(0, engine.vocab_size, (1, engine.default_canvas_length), generator=generator)
+    canvas = torch.randint(0, engine.vocab_size, (1, engine.defaults.canvas_length), generator=generator)
     with torch.inference_mode():
-        return engine._denoiser(cache, prompt_length, canvas.shape[1])(canvas, None)
+        assert cache.get_seq_length() == prompt_length
+        return engine.decoder_logits(cache, canvas)
 
 
 def fresh_logits(engine: Engine, prompt: list[int]) -> torch.Tensor:
@@ -48,7 +49,7 @@ def fresh_logits(engine: Engine, prompt: list[int]) -> torch.Tensor:
 def reused_logits(engine: Engine, key: str, prompt: list[int]) -> tuple[torch.Tensor, int]:
     stats = GenerationStats()
     with torch.inference_mode():
-        cache = engine.prefill(prompt, stats, cache_key=key)
+        cache, _ = engine.prepare_prompt(prompt, stats, cache_key=key)
     return decoder_logits(engine, cache, len(prompt)), stats.cached_tokens
 
 
@@ -92,7 +93,7 @@ def test_narrow_window_model_really_slides(narrow_window_engine):
 def test_generation_leaves_the_stored_cache_equal_to_the_prompt(engine):
     engine.prefix_cache.clear()
     prompt = edits(engine.vocab_size)[0][1]
-    sampler = SamplerSettings(canvas_length=8, max_steps=2, max_canvases=3, seed=0)
+    sampler = engine.schedule(SamplerSettings(canvas_length=8, max_steps=2, max_canvases=3, seed=0))
     engine.generate(prompt, sampler, cache_key="file:///a.py")  # commits canvases into the cache it decodes with
     got, reused = reused_logits(engine, "file:///a.py", prompt)
     assert reused == len(prompt)
@@ -102,7 +103,7 @@ def test_generation_leaves_the_stored_cache_equal_to_the_prompt(engine):
 def test_generation_with_a_reused_cache_gives_the_same_tokens(engine):
     engine.prefix_cache.clear()
     prompt = edits(engine.vocab_size)[0][1]
-    sampler = SamplerSettings(canvas_length=8, max_steps=4, seed=3)
+    sampler = engine.schedule(SamplerSettings(canvas_length=8, max_steps=4, seed=3))
     cold = engine.generate(prompt, sampler)
     engine.generate(prompt[:-5], sampler, cache_key="k")
     warm = engine.generate(prompt, sampler, cache_key="k")
@@ -132,10 +133,10 @@ def test_lru_eviction_keeps_the_budget(engine):
 
 
 def test_disabled_prefix_cache_keeps_nothing(tiny_model_dir):
-    engine = Engine(load_bundle(EngineSettings(model=str(tiny_model_dir), device="cpu")),
-                    LatencySettings(prefix_cache=False))
+    engine = load_engine(Settings(engine=EngineSettings(model=str(tiny_model_dir), device="cpu"),
+                                  latency=LatencySettings(prefix_cache=False)))[1]
     prompt = edits(engine.vocab_size)[0][1]
-    sampler = SamplerSettings(canvas_length=8, max_steps=1, seed=0)
+    sampler = engine.schedule(SamplerSettings(canvas_length=8, max_steps=1, seed=0))
     engine.generate(prompt, sampler, cache_key="k")
     again = engine.generate(prompt, sampler, cache_key="k")
     assert again.stats.cached_tokens == 0 and len(engine.prefix_cache) == 0
@@ -160,10 +161,10 @@ def test_chunked_prefill_matches_and_a_stop_keeps_what_was_encoded(engine_name, 
 def test_a_stop_during_prefill_stops_the_generation(engine):
     engine.prefix_cache.clear()
     prompt = edits(engine.vocab_size)[0][1] * 3  # 450 tokens: two chunks
-    generation = engine.generate(prompt, SamplerSettings(canvas_length=8, max_steps=4, seed=0),
+    generation = engine.generate(prompt, engine.schedule(SamplerSettings(canvas_length=8, max_steps=4, seed=0)),
                                  should_stop=lambda: True, cache_key="doc")
     assert generation.stats.stopped and generation.stats.steps == 0 and generation.token_ids == []
-    assert engine.generate(prompt, SamplerSettings(canvas_length=8, max_steps=1, seed=0),
+    assert engine.generate(prompt, engine.schedule(SamplerSettings(canvas_length=8, max_steps=1, seed=0)),
                            cache_key="doc").stats.cached_tokens == 256
 
 

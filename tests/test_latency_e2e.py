@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from lsprotocol import types
-from test_server_e2e import SOURCE, URI, inline_params, open_document, start
+from test_server_e2e import SOURCE, URI, inline_params, open_document, record_previews, start
 
 from dglsp.config import ContextSettings
 
@@ -70,10 +70,10 @@ async def test_accept_speculates_the_next_suggestion_and_stats_report_it(tiny_mo
     stats: dict = {}
     for _ in range(1200):  # generous: a loaded CI machine can take seconds per denoising step
         stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="dglsp.stats"))
-        if stats["forward_passes_speculative"]:
+        if stats["forward_passes_prefetch"]:
             break
         await asyncio.sleep(0.1)
-    assert stats["speculative_runs"] == 1 and stats["forward_passes_speculative"] > 0
+    assert stats["prefetch_runs"] == 1 and stats["forward_passes_prefetch"] > 0
     assert stats["shown"] >= 1 and stats["forward_passes_shown"] > 0
     assert stats["prefix_cache"]["lookups"] >= 2 and stats["memory"]["rss_mb"] > 0
     # The speculation ran on the accepted text: the prefix cache now holds it, so a request there reuses it.
@@ -89,23 +89,21 @@ async def test_accept_speculates_the_next_suggestion_and_stats_report_it(tiny_mo
 
 async def test_live_canvas_streams_intermediate_canvases(tiny_model_dir):
     client = await start(tiny_model_dir, {"sampler": {"seed": 1, "max_steps": 6, "confidence_threshold": 1e-9},
-                                          "latency": {"live_canvas": True, "live_canvas_interval_ms": 0}})
-    canvases: list[dict] = []
-
-    @client.feature("dglsp/canvas")
-    def on_canvas(params) -> None:
-        canvases.append(params)
-
+                                          "latency": {"live_canvas": True, "live_canvas_interval_ms": 0}},
+                         previews=True)
+    canvases = record_previews(client)
     open_document(client)
     result = await client.text_document_inline_completion_async(inline_params(2, 11))
     for _ in range(50):
         if canvases and canvases[-1].done:
             break
         await asyncio.sleep(0.05)
-    steps = [c.step for c in canvases if not c.done]
+    steps = [c.passes for c in canvases if not c.done]
     assert steps == list(range(1, 7))
     assert canvases[-1].done and canvases[-1].text == (result.items[0].insert_text if result.items else "")
-    assert canvases[-1].uri == URI and canvases[-1].position.line == 2
+    assert canvases[-1].uri == URI and canvases[-1].range.start.line == 2 and canvases[-1].kind == "completion"
+    if not result.items:  # nothing shown: the preview's end says why
+        assert canvases[-1].reason
     await client.shutdown_session()
     await client.stop()
 

@@ -16,8 +16,7 @@ from lsp_raw import QUICK_SAMPLER, RawServer
 from dglsp.completion.completer import Completer
 from dglsp.completion.prompt import PromptBuilder
 from dglsp.config import ContextSettings, EngineSettings, SamplerSettings, Settings
-from dglsp.model.engine import Engine
-from dglsp.model.loading import load_bundle
+from dglsp.model.loading import load_engine
 
 BUDGET = ContextSettings(max_prefix_tokens=192, max_suffix_tokens=64)
 TEN_MB = ("def handler(event, context):\n    return process(event)\n\n" * 200_000)[:10_000_000]
@@ -35,8 +34,7 @@ DOCUMENTS = {
 
 @pytest.fixture(scope="module")
 def completer(tiny_model_dir) -> Completer:
-    bundle = load_bundle(EngineSettings(model=str(tiny_model_dir), warmup=False))
-    return Completer(bundle, Engine(bundle))
+    return Completer(*load_engine(EngineSettings(model=str(tiny_model_dir), warmup=False)))
 
 
 def prompt_overhead(completer: Completer, path: str) -> int:

@@ -84,6 +84,6 @@ def test_a_model_that_cannot_fit_is_refused_before_loading(hub_model_dir, monkey
 def test_weights_load_straight_onto_the_device(hub_model_dir):
     from dglsp.config import EngineSettings
 
-    bundle = loading.load_bundle(EngineSettings(model=str(hub_model_dir), device="cpu", dtype="bfloat16"))
-    assert {p.device.type for p in bundle.model.parameters()} == {"cpu"}
-    assert {p.dtype for p in bundle.model.parameters()} == {torch.bfloat16}
+    _, model = loading.load_local(EngineSettings(model=str(hub_model_dir), device="cpu", dtype="bfloat16"))
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

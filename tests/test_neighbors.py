@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from lsprotocol import types
 
+from dglsp.completion.edits import DocumentChange, EditHistory
 from dglsp.completion.prompt import CursorContext, PromptBuilder, PromptFormat, Snippet, encode_fim
-from dglsp.completion.snippets import OpenDocument, RecentEdits, pick_snippets
+from dglsp.completion.snippets import OpenDocument, pick_snippets
 from dglsp.config import ContextSettings
 from dglsp.lsp.documents import position_after
 from dglsp.tools.modelzoo import fim_format_spec
@@ -56,12 +57,16 @@ def test_nothing_similar_gives_no_snippets():
 def test_a_recent_edit_is_preferred_among_similar_chunks():
     twin = "def parse_config(text):\n    entries = {}\n    return entries\n"
     other = OpenDocument("file:///p/b.py", "/p/b.py", "python", "\n" * 30 + twin)
-    recent = RecentEdits(chunk_lines=6)
-    recent.record("file:///p/b.py", 31)
-    snippets = pick_snippets("file:///p/main.py", CONTEXT, docs(other), SETTINGS, recent)
+    history = EditHistory()
+    before = other.text.replace("entries = {}", "entries = []")
+    start = before.index("entries = []")
+    history.record(DocumentChange("file:///p/b.py", 2, start, start + len("entries = []"), "entries = []",
+                                  "entries = {}", before))
+    assert history.regions() == [("file:///p/b.py", 31)]
+    snippets = pick_snippets("file:///p/main.py", CONTEXT, docs(other), SETTINGS, history.regions())
     assert snippets[-1].path == "/p/b.py"
-    recent.forget("file:///p/b.py")
-    assert recent.regions() == []
+    history.forget("file:///p/b.py")
+    assert history.regions() == []
 
 
 def test_snippets_fit_their_token_budget_and_keep_the_most_similar(tiny_tokenizer):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from dglsp.completion.postprocess import Edit, indentation_unit, postprocess_edit
+from dglsp.completion.edits import Edit
+from dglsp.completion.postprocess import Dropped, indentation_unit, postprocess_edit
 from dglsp.completion.prompt import CursorContext
 from dglsp.completion.syntax import LANGUAGES, Lexer, error_count, has_grammar, in_literal, language_spec
 from dglsp.config import PostprocessSettings
@@ -17,13 +18,17 @@ SETTINGS = PostprocessSettings()
 
 def edit(raw: str, prefix: str, suffix: str, language: str, skip: frozenset[str] = frozenset(),
          **settings) -> Edit | None:
-    return postprocess_edit(raw, CursorContext(prefix, suffix, "x", language), PostprocessSettings(**settings), skip)
+    found = postprocess_edit(raw, CursorContext(prefix, suffix, "x", language), PostprocessSettings(**settings), skip)
+    return None if isinstance(found, Dropped) else found
+
+
+def at(prefix: str, text: str, replace_chars: int = 0) -> Edit:
+    """The edit of `text` at a cursor after `prefix`, typing over `replace_chars` characters."""
+    return Edit(len(prefix), len(prefix) + replace_chars, text)
 
 
 def apply(prefix: str, suffix: str, result: Edit | None) -> str:
-    if result is None:
-        return prefix + suffix
-    return prefix + result.text + suffix[result.replace_chars:]
+    return prefix + suffix if result is None else result.apply(prefix + suffix)
 
 
 @pytest.mark.parametrize("language", sorted(LANGUAGES))
@@ -35,7 +40,7 @@ def test_every_language_has_its_grammar_installed(language):
 def test_python_auto_closed_paren_is_typed_over_with_a_range():
     prefix, suffix = "def foo(", ")\n    pass\n"
     result = edit("bar: str) -> int:", prefix, suffix, "python")
-    assert result == Edit("bar: str) -> int:", 1)
+    assert result == at(prefix, "bar: str) -> int:", 1)
     assert apply(prefix, suffix, result) == "def foo(bar: str) -> int:\n    pass\n"
 
 
@@ -50,9 +55,9 @@ def test_python_duplicate_closer_is_cut_when_the_suffix_is_real_code():
 
 def test_mid_line_suggestion_running_on_through_the_suffix_is_cut():
     prefix, suffix = "value = compute(", "items, limit=10)\n"
-    assert edit("source, items, limit=10)", prefix, suffix, "python") == Edit("source, ")
+    assert edit("source, items, limit=10)", prefix, suffix, "python") == at(prefix, "source, ")
     assert edit("source, items, limit=10)", prefix, suffix, "python", frozenset({"repeat", "brackets", "syntax"})) == \
-        Edit("source, items, limit=10)")
+        at(prefix, "source, items, limit=10)")
 
 
 def test_a_call_spread_over_lines_is_completed_to_its_closing_bracket():
@@ -64,7 +69,7 @@ def test_a_call_spread_over_lines_is_completed_to_its_closing_bracket():
 def test_insert_only_mode_cuts_the_duplicate():
     result = postprocess_edit("bar: str):", CursorContext("def foo(", "):\n    pass\n", "x.py", "python"),
                               SETTINGS, allow_replace=False)
-    assert result == Edit("bar: str")
+    assert result == at("def foo(", "bar: str")
 
 
 @pytest.mark.parametrize("language,prefix,raw,suffix", [
@@ -88,7 +93,7 @@ def test_no_language_gets_a_duplicated_closing_bracket(language, prefix, raw, su
 def test_brackets_inside_strings_do_not_count():
     prefix, suffix = "print(", ")\n"
     result = edit("'a)b'", prefix, suffix, "python")
-    assert result == Edit("'a)b'")
+    assert result == at(prefix, "'a)b'")
 
 
 # -- scope: single line vs block ------------------------------------------------------------------
@@ -277,7 +282,7 @@ def test_no_suggestion_ever_over_closes_what_the_code_around_it_closes(raw, pref
     if result is None:
         return
     line_suffix = suffix.split("\n", 1)[0]
-    assert 0 <= result.replace_chars <= len(line_suffix)
+    assert 0 <= result.end - result.start <= len(line_suffix)
     assert result.text.strip()
     baseline = Lexer(spec).feed(prefix + suffix).excess
     assert Lexer(spec).feed(apply(prefix, suffix, result)).excess <= baseline

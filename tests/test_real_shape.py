@@ -25,8 +25,8 @@ from dglsp.completion.prompt import CursorContext
 from dglsp.config import EngineSettings, SamplerSettings, Settings
 from dglsp.errors import ModelLoadError
 from dglsp.model.engine import Engine
-from dglsp.model.loading import load_bundle
-from dglsp.model.remote import load_remote, prompt_round_trips, render_prompt
+from dglsp.model.loading import load_engine, load_remote
+from dglsp.model.remote import prompt_round_trips, render_prompt
 from dglsp.tools.modelzoo import GEMMA4_EOS_IDS, GEMMA4_SPECIAL_IDS
 
 SOURCE = "def add(a, b):\n    total = a + b\n    return \n\nprint(add(1, 2))\n"
@@ -39,8 +39,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def bundle(hub_model_dir):
-    return load_bundle(EngineSettings(model=str(hub_model_dir), device="cpu"))
+def engine(hub_model_dir) -> Engine:
+    return load_engine(EngineSettings(model=str(hub_model_dir), device="cpu"))[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(engine):
+    return engine.bundle
 
 
 @pytest.fixture
@@ -65,8 +70,7 @@ def test_the_fixture_is_laid_out_like_the_hub_repository(hub_model_dir):
     assert generation["eos_token_id"] == GEMMA4_EOS_IDS and generation["max_denoising_steps"] == 48
 
 
-def test_chat_prompts_are_token_ids_and_stops_are_the_models(bundle):
-    engine = Engine(bundle)
+def test_chat_prompts_are_token_ids_and_stops_are_the_models(bundle, engine):
     completer = Completer(bundle, engine)
     assert completer.format.kind == "chat"
     from dglsp.completion.prompt import PromptBuilder
@@ -77,7 +81,7 @@ def test_chat_prompts_are_token_ids_and_stops_are_the_models(bundle):
     assert ids[:2] == [GEMMA4_SPECIAL_IDS["<bos>"], TURN]
     assert ids[-3:] == [TURN, *bundle.tokenizer.encode("model\n", add_special_tokens=False)][-3:]
     assert engine.eos_ids == {*GEMMA4_EOS_IDS, END_OF_TURN}
-    assert engine.default_steps == 48  # the checkpoint's own schedule, from generation_config.json
+    assert engine.defaults.max_steps == 48  # the checkpoint's own schedule, from generation_config.json
 
 
 def test_dglsp_complete_runs_on_the_real_shaped_model(hub_model_dir, source_file):
@@ -111,7 +115,7 @@ def test_a_missing_chat_template_is_a_clear_error_naming_the_file(hub_model_dir,
     shutil.copytree(hub_model_dir, broken)
     (broken / "chat_template.jinja").unlink()
     with pytest.raises(ModelLoadError, match="chat_template.jinja"):
-        load_bundle(EngineSettings(model=str(broken), device="cpu"))
+        load_engine(EngineSettings(model=str(broken), device="cpu"))
     done = run_cli("complete", f"{source_file}:3:12", "--model", str(broken), "--no-warmup")
     assert done.returncode != 0
     assert "chat_template.jinja" in done.stderr and "Traceback" not in done.stderr
@@ -202,7 +206,7 @@ async def test_language_server_shows_a_missing_template_to_the_user(hub_model_di
     await client.stop()
 
 
-def test_generation_takes_the_models_own_steps_when_asked_for_none(bundle):
-    engine = Engine(bundle)
-    generation = engine.generate([GEMMA4_SPECIAL_IDS["<bos>"], TURN], SamplerSettings(canvas_length=4, seed=0))
+def test_generation_takes_the_models_own_steps_when_asked_for_none(engine):
+    generation = engine.generate([GEMMA4_SPECIAL_IDS["<bos>"], TURN], engine.schedule(SamplerSettings(canvas_length=4,
+                                                                                                       seed=0)))
     assert generation.stats.steps == 48  # random weights never reach the 26B's confidence bound: every step runs

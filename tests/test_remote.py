@@ -1,6 +1,6 @@
 """The remote backend against a STAND-IN for vLLM (`tests/remote_standin.py`), with a real tokenizer.
 
-vLLM's CPU build cannot serve DiffusionGemma on this machine (see README, "Team scale"), so these
+vLLM's CPU build cannot serve DiffusionGemma on this machine (see docs/remote.md, "The server side"), so these
 tests use our own HTTP server that follows vLLM's documented behaviour; `test_remote_server.py`
 runs the same client against a real `transformers serve` (slow). Every test here checks behaviour
 the user sees: the text, what reached the server, whether the server aborted, the message shown.
@@ -18,22 +18,28 @@ from remote_standin import REJECTED, StandIn
 from dglsp.completion.completer import Completer
 from dglsp.completion.prompt import CursorContext, PromptBuilder, PromptFormat
 from dglsp.config import RemoteSettings, SamplerSettings, Settings
+from dglsp.model.loading import load_remote
 from dglsp.model.remote import (
     RemoteBackend,
     RemoteError,
     api_base,
     health_url,
-    load_remote,
     prompt_round_trips,
     render_prompt,
     typed_insertion,
 )
+from dglsp.model.schedule import ModelDefaults
 from dglsp.tools.modelzoo import SPECIAL_TOKENS
 
 PREFIX = "def add(a, b):\n    "
 SUFFIX = "\n\nprint(add(1, 2))\n"
 REPLY = "return a + b\n"
 FORBIDDEN = set(REJECTED) | {"temperature", "seed", "min_p", "logit_bias", "suffix"}
+
+
+def plan(backend, **settings):
+    """The schedule a remote backend resolves from these settings (only its token budget reaches the server)."""
+    return backend.schedule(SamplerSettings(**settings))
 
 
 @pytest.fixture
@@ -49,7 +55,7 @@ def fim_prompt(tokenizer, prefix: str = PREFIX, suffix: str = SUFFIX) -> list[in
 
 
 def make_backend(server: StandIn, tokenizer, **remote) -> RemoteBackend:
-    return RemoteBackend(RemoteSettings(url=server.url, **remote), tokenizer)
+    return RemoteBackend(RemoteSettings(url=server.url, **remote), tokenizer, ModelDefaults())
 
 
 def settings_for(server: StandIn, tiny_model_dir, **remote) -> Settings:
@@ -135,7 +141,7 @@ def test_api_key_from_the_environment_is_sent_as_a_bearer_token(standin, tiny_to
     standin.config.api_key = "sekret"
     monkeypatch.setenv("DGLSP_API_KEY", "sekret")
     backend = make_backend(standin, tiny_tokenizer)
-    generation = backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings())
+    generation = backend.generate(fim_prompt(tiny_tokenizer), plan(backend))
     assert tiny_tokenizer.decode(generation.token_ids) == REPLY
     assert standin.completions()[-1].headers["authorization"] == "Bearer sekret"
     backend.close()
@@ -148,7 +154,7 @@ def test_stop_strings_end_the_completion_on_either_side(standin, tiny_tokenizer,
     standin.config.reply = lambda prompt: "return a + b\n\n\n\ndef sub(a, b):\n    return a - b\n"
     standin.config.honour_stop = server_honours_stop
     backend = make_backend(standin, tiny_tokenizer)
-    generation = backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings(max_canvases=4))
+    generation = backend.generate(fim_prompt(tiny_tokenizer), plan(backend, max_canvases=4))
     assert tiny_tokenizer.decode(generation.token_ids) == "return a + b"
     assert generation.finished
     backend.close()
@@ -164,7 +170,7 @@ def test_a_committed_canvas_callback_can_end_the_stream_early(standin, tiny_toke
         seen.append(tiny_tokenizer.decode(ids))
         return len(seen) == 2
 
-    generation = backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings(max_canvases=8), on_canvas=on_canvas)
+    generation = backend.generate(fim_prompt(tiny_tokenizer), plan(backend, max_canvases=8), on_canvas=on_canvas)
     assert seen == ["x = 1\n", "x = 1\nx = 1\n"]
     assert tiny_tokenizer.decode(generation.token_ids) == seen[-1]
     assert standin.wait_for(lambda: standin.completions()[-1].outcome == "aborted")
@@ -194,7 +200,7 @@ def test_a_stopped_request_is_aborted_on_the_server(standin, tiny_tokenizer):
     slow_reply(standin)
     backend = make_backend(standin, tiny_tokenizer, reuse_ms=0)
     _, should_stop = stop_after_first_canvas(backend)
-    generation = backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings(max_canvases=8), should_stop)
+    generation = backend.generate(fim_prompt(tiny_tokenizer), plan(backend, max_canvases=8), should_stop)
     assert generation.stats.stopped
     assert standin.wait_for(lambda: standin.completions()[-1].outcome != "pending")
     record = standin.completions()[-1]
@@ -207,10 +213,10 @@ def test_typing_what_the_stream_says_continues_it_instead_of_asking_again(standi
     slow_reply(standin)
     backend = make_backend(standin, tiny_tokenizer, reuse_ms=5000)
     _, should_stop = stop_after_first_canvas(backend)
-    first = backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings(max_canvases=2), should_stop)
+    first = backend.generate(fim_prompt(tiny_tokenizer), plan(backend, max_canvases=2), should_stop)
     assert first.stats.stopped
     typed = "value = "
-    second = backend.generate(fim_prompt(tiny_tokenizer, prefix=PREFIX + typed), SamplerSettings(max_canvases=2))
+    second = backend.generate(fim_prompt(tiny_tokenizer, prefix=PREFIX + typed), plan(backend, max_canvases=2))
     assert len(standin.completions()) == 1  # the same stream went on
     assert tiny_tokenizer.decode(second.token_ids).startswith("compute(a, b)\n")
     backend.close()
@@ -220,9 +226,9 @@ def test_typing_something_else_closes_the_parked_stream_at_once(standin, tiny_to
     slow_reply(standin)
     backend = make_backend(standin, tiny_tokenizer, reuse_ms=5000)
     _, should_stop = stop_after_first_canvas(backend)
-    backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings(max_canvases=8), should_stop)
+    backend.generate(fim_prompt(tiny_tokenizer), plan(backend, max_canvases=8), should_stop)
     standin.config.reply = lambda prompt: "1\n"
-    second = backend.generate(fim_prompt(tiny_tokenizer, prefix=PREFIX + "return "), SamplerSettings())
+    second = backend.generate(fim_prompt(tiny_tokenizer, prefix=PREFIX + "return "), plan(backend))
     assert tiny_tokenizer.decode(second.token_ids) == "1\n"
     # The stand-in marks a request after writing its last chunk, which the client may read first.
     assert standin.wait_for(lambda: all(r.outcome != "pending" for r in standin.completions()))
@@ -234,17 +240,18 @@ def test_typing_something_else_closes_the_parked_stream_at_once(standin, tiny_to
 
 def test_connection_refused_is_reported_once_and_answered_empty_until_the_server_is_back(tiny_tokenizer):
     port = free_port()
-    backend = RemoteBackend(RemoteSettings(url=f"http://127.0.0.1:{port}", retry_after_s=0.0), tiny_tokenizer)
+    backend = RemoteBackend(RemoteSettings(url=f"http://127.0.0.1:{port}", retry_after_s=0.0), tiny_tokenizer,
+                            ModelDefaults())
     for _ in range(2):
         with pytest.raises(RemoteError) as failure:
-            backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings())
+            backend.generate(fim_prompt(tiny_tokenizer), plan(backend))
         assert failure.value.kind == "unreachable" and f"127.0.0.1:{port}" in str(failure.value)
     notices = backend.take_notices()
     assert [level for level, _ in notices] == ["error"] and "cannot connect" in notices[0][1]
     server = StandIn.__new__(StandIn)  # the server comes up on that very port
     _start_standin_on(server, port)
     try:
-        generation = backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings())
+        generation = backend.generate(fim_prompt(tiny_tokenizer), plan(backend))
         assert tiny_tokenizer.decode(generation.token_ids) == REPLY
         assert [level for level, _ in backend.take_notices()] == ["info"]
     finally:
@@ -272,7 +279,7 @@ def test_after_a_failure_requests_answer_empty_at_once_without_hammering_the_ser
     backend = make_backend(standin, tiny_tokenizer, retry_after_s=60.0)
     for _ in range(3):
         with pytest.raises(RemoteError):
-            backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings())
+            backend.generate(fim_prompt(tiny_tokenizer), plan(backend))
     assert len(standin.completions()) == 1
     backend.close()
 
@@ -282,7 +289,7 @@ def test_missing_api_key_gets_a_clear_message(standin, tiny_tokenizer, monkeypat
     standin.config.api_key = "sekret"
     backend = make_backend(standin, tiny_tokenizer)
     with pytest.raises(RemoteError) as failure:
-        backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings())
+        backend.generate(fim_prompt(tiny_tokenizer), plan(backend))
     assert failure.value.kind == "unauthorized" and "401" in str(failure.value)
     assert "--api-key" in str(failure.value) and "DGLSP_API_KEY" in str(failure.value)
     backend.close()
@@ -293,7 +300,7 @@ def test_a_400_carries_the_servers_message(standin, tiny_tokenizer):
     backend = make_backend(standin, tiny_tokenizer)
     backend.check()
     with pytest.raises(RemoteError) as failure:
-        backend.generate(fim_prompt(tiny_tokenizer, prefix="x = 1\n" * 100 + PREFIX), SamplerSettings())
+        backend.generate(fim_prompt(tiny_tokenizer, prefix="x = 1\n" * 100 + PREFIX), plan(backend))
     assert failure.value.kind == "bad_request"
     assert "HTTP 400" in str(failure.value) and "maximum context length is 200" in str(failure.value)
     backend.close()
@@ -303,7 +310,7 @@ def test_a_5xx_carries_the_status_and_message(standin, tiny_tokenizer):
     standin.config.fail_status, standin.config.fail_message = 500, "CUDA error: an illegal memory access"
     backend = make_backend(standin, tiny_tokenizer)
     with pytest.raises(RemoteError) as failure:
-        backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings())
+        backend.generate(fim_prompt(tiny_tokenizer), plan(backend))
     assert failure.value.kind == "server_error"
     assert "HTTP 500" in str(failure.value) and "illegal memory access" in str(failure.value)
     backend.close()
@@ -312,7 +319,7 @@ def test_a_5xx_carries_the_status_and_message(standin, tiny_tokenizer):
 def test_a_model_the_server_does_not_serve_names_the_ones_it_does(standin, tiny_tokenizer):
     backend = make_backend(standin, tiny_tokenizer, model="google/diffusiongemma-26B-A4B-it")
     with pytest.raises(RemoteError) as failure:
-        backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings())
+        backend.generate(fim_prompt(tiny_tokenizer), plan(backend))
     assert failure.value.kind == "unknown_model"
     assert "diffusiongemma-26B-A4B-it" in str(failure.value) and "dg-standin" in str(failure.value)
     assert not standin.completions()  # caught by the /v1/models check before any completion
@@ -324,7 +331,7 @@ def test_a_server_that_stops_answering_times_out(standin, tiny_tokenizer):
     backend = make_backend(standin, tiny_tokenizer, read_timeout_s=0.3)
     begin = time.monotonic()
     with pytest.raises(RemoteError) as failure:
-        backend.generate(fim_prompt(tiny_tokenizer), SamplerSettings())
+        backend.generate(fim_prompt(tiny_tokenizer), plan(backend))
     assert failure.value.kind == "timeout" and "did not answer in time" in str(failure.value)
     assert time.monotonic() - begin < 5.0  # it gave up; it did not wait for the server
     backend.close()

@@ -11,11 +11,11 @@ import pytest
 
 from dglsp.cli import main as cli_main
 from dglsp.completion.completer import Completer
-from dglsp.completion.postprocess import FILTERS, Edit
+from dglsp.completion.edits import Edit
+from dglsp.completion.postprocess import FILTERS
 from dglsp.completion.prompt import CursorContext
 from dglsp.config import EngineSettings, Settings
-from dglsp.model.engine import Engine
-from dglsp.model.loading import load_bundle
+from dglsp.model.loading import load_engine
 from dglsp.tools.eval_repo import KINDS, Report, evaluate_repo, find_holes, score_variant, source_files
 
 PYTHON = '''import math
@@ -85,9 +85,9 @@ def test_scoring_counts_exact_matches_and_both_bug_kinds():
     from dglsp.tools.eval_repo import Hole
 
     hole = Hole("x.py", "python", "rest-of-line", start, end)
-    score_variant(report, "truth", hole, original, document, context, Edit("a"))
-    score_variant(report, "over", hole, original, document, context, Edit("a):"))
-    score_variant(report, "typed-over", hole, original, document, context, Edit("a):", 2))
+    score_variant(report, "truth", hole, original, document, context, Edit(start, start, "a"))
+    score_variant(report, "over", hole, original, document, context, Edit(start, start, "a):"))
+    score_variant(report, "typed-over", hole, original, document, context, Edit(start, start + 2, "a):"))
     rows = {variant: by_kind["all"].row() for variant, by_kind in report.scores.items()}
     assert rows["truth"]["exact_match"] == 1.0 and rows["truth"]["over_closing"] == 0
     assert rows["over"]["exact_match"] == 0.0 and rows["over"]["over_closing"] == 1
@@ -96,18 +96,17 @@ def test_scoring_counts_exact_matches_and_both_bug_kinds():
     below = original.index("    return")
     hole = Hole("x.py", "python", "whole-line", below, below)  # an empty hole: the truth is ""
     context = CursorContext(original[:below], original[below:], "x.py", "python")
-    score_variant(report, "repeat", hole, original, original, context, Edit("return g(a)\n    "))
+    score_variant(report, "repeat", hole, original, original, context, Edit(below, below, "return g(a)\n    "))
     assert report.scores["repeat"]["all"].next_line_repeats == 0  # it is the cursor's own line, not the next
     line_end = original.index("\n", below)
     hole = Hole("x.py", "python", "rest-of-line", line_end, line_end)
     context = CursorContext(original[:line_end], original[line_end:], "x.py", "python")
-    score_variant(report, "repeat2", hole, original, original, context, Edit("\nprint(f(1))"))
+    score_variant(report, "repeat2", hole, original, original, context, Edit(line_end, line_end, "\nprint(f(1))"))
     assert report.scores["repeat2"]["all"].next_line_repeats == 1
 
 
 def test_a_run_on_a_tiny_repository_reports_every_variant(repo, tiny_model_dir):
-    bundle = load_bundle(EngineSettings(model=str(tiny_model_dir), device="cpu"))
-    completer = Completer(bundle, Engine(bundle))
+    completer = Completer(*load_engine(EngineSettings(model=str(tiny_model_dir), device="cpu")))
     settings, _ = Settings().updated({"sampler": {"max_steps": 2, "seed": 0}})
     test_cmd = f"{sys.executable} test_geometry.py"
     report = evaluate_repo(completer, repo, settings, limit=6, per_kind=1, seed=0, test_cmd=test_cmd, test_limit=1)
@@ -132,7 +131,8 @@ def test_cli_routes_eval_repo(repo, tiny_model_dir, capsys):
 
 
 def test_humaneval_pipeline_completion_is_what_the_editor_would_insert():
-    from dglsp.tools.eval_humaneval import Problem, pipeline_completion
+    from dglsp.tools.eval_humaneval import pipeline_completion
+    from dglsp.tools.humaneval import Problem
 
     problem = Problem("t/0", "def f(x):\n    y = x + 1\n", "    return y\n", "    z = y\n", "", "f")
     decoded = "    z = y\n    return y\n"

@@ -9,12 +9,19 @@ import pytest
 import torch
 
 from dglsp.config import EngineSettings, SamplerSettings
+from dglsp.model.diffusion import entropy_bounded_accept
 from dglsp.model.engine import Engine
-from dglsp.model.loading import load_bundle
-from dglsp.model.sampler import denoise_canvas, entropy_bounded_accept
+from dglsp.model.loading import load_engine
+from dglsp.model.sampler import denoise_canvas
+from dglsp.model.schedule import ModelDefaults, Schedule, resolve
 from dglsp.tools import modelzoo
 
 VOCAB = 11
+
+
+def schedule(**settings) -> Schedule:
+    """A schedule for a scripted decoder: these settings, DiffusionGemma's rule for the rest."""
+    return resolve(SamplerSettings(**settings), ModelDefaults())
 
 
 def scripted_denoiser(target: list[int], confidence: float = 30.0):
@@ -30,19 +37,22 @@ def scripted_denoiser(target: list[int], confidence: float = 30.0):
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir) -> Engine:
-    return Engine(load_bundle(EngineSettings(model=str(tiny_model_dir))))
+    return load_engine(EngineSettings(model=str(tiny_model_dir)))[1]
 
 
 @pytest.mark.parametrize("seed,steps", [(0, 6), (1, 24), (7, 48)])
 def test_matches_transformers_generate_token_for_token(engine, seed, steps):
     tokenizer = engine.bundle.tokenizer
     prompt = tokenizer.encode("def add(a, b):\n    return a +", add_special_tokens=False)
-    settings = SamplerSettings(canvas_length=engine.default_canvas_length, max_steps=steps, seed=seed)
-    ours = engine.generate(prompt, settings)
+    # A model without a dglsp.json decoding of its own keeps DiffusionGemma's rule: exactly `generate()`.
+    settings = SamplerSettings(canvas_length=engine.defaults.canvas_length, max_steps=steps, seed=seed)
+    ran = engine.schedule(settings)
+    assert (ran.decoding, ran.policy, ran.sampling) == ("diffusion", "entropy_bound", "reference")
+    ours = engine.generate(prompt, ran)
 
     torch.manual_seed(seed)
     reference = engine.model.generate(
-        torch.tensor([prompt]), generation_config=modelzoo.generation_config_for(settings, tokenizer)
+        torch.tensor([prompt]), generation_config=modelzoo.generation_config_for(ran, tokenizer)
     )
     expected = reference.sequences[0, len(prompt):].tolist()
     eos = tokenizer.eos_token_id
@@ -53,13 +63,13 @@ def test_matches_transformers_generate_token_for_token(engine, seed, steps):
 
 def test_a_canvas_settled_up_to_its_eos_stops_early():
     target = [3, 4, 1, 7, 8]  # EOS (1) at index 2: what follows it never matters
-    settings = SamplerSettings(canvas_length=5, max_steps=24, settle_steps=2, confidence_threshold=1e-9)
+    settings = schedule(canvas_length=5, max_steps=24, settle_steps=2, confidence_threshold=1e-9)
     result = denoise_canvas(scripted_denoiser(target, 5.0), settings, VOCAB, torch.device("cpu"),
                             generator=torch.Generator().manual_seed(0), eos_ids=frozenset({1}))
     assert result.converged and result.steps == 3  # the same head three steps running: settled for 2
     assert result.tokens[0].tolist()[:3] == [3, 4, 1]
-    off = denoise_canvas(scripted_denoiser(target, 5.0), SamplerSettings(canvas_length=5, max_steps=24, settle_steps=0,
-                                                                    confidence_threshold=1e-9),
+    off = denoise_canvas(scripted_denoiser(target, 5.0), schedule(canvas_length=5, max_steps=24, settle_steps=0,
+                                                                  confidence_threshold=1e-9),
                          VOCAB, torch.device("cpu"), generator=torch.Generator().manual_seed(0),
                          eos_ids=frozenset({1}))
     assert off.steps == 24
@@ -67,7 +77,7 @@ def test_a_canvas_settled_up_to_its_eos_stops_early():
 
 def test_fixed_positions_hold_their_token_throughout():
     seen: list[list[int]] = []
-    result = denoise_canvas(scripted_denoiser([5, 5, 5, 5]), SamplerSettings(canvas_length=4, max_steps=3),
+    result = denoise_canvas(scripted_denoiser([5, 5, 5, 5]), schedule(canvas_length=4, max_steps=3),
                             VOCAB, torch.device("cpu"), generator=torch.Generator().manual_seed(0), fixed=[9],
                             on_step=lambda step, canvas: seen.append(canvas[0].tolist()))
     assert result.tokens[0].tolist() == [9, 5, 5, 5]
@@ -76,9 +86,9 @@ def test_fixed_positions_hold_their_token_throughout():
 
 def test_same_seed_same_tokens_other_seed_differs(engine):
     prompt = engine.bundle.tokenizer.encode("import os\n", add_special_tokens=False)
-    first = engine.generate(prompt, SamplerSettings(canvas_length=16, max_steps=8, seed=3))
-    again = engine.generate(prompt, SamplerSettings(canvas_length=16, max_steps=8, seed=3))
-    other = engine.generate(prompt, SamplerSettings(canvas_length=16, max_steps=8, seed=4))
+    first = engine.generate(prompt, engine.schedule(SamplerSettings(canvas_length=16, max_steps=8, seed=3)))
+    again = engine.generate(prompt, engine.schedule(SamplerSettings(canvas_length=16, max_steps=8, seed=3)))
+    other = engine.generate(prompt, engine.schedule(SamplerSettings(canvas_length=16, max_steps=8, seed=4)))
     assert first.token_ids == again.token_ids
     assert first.token_ids != other.token_ids
 
@@ -90,7 +100,7 @@ def test_stop_flag_is_checked_after_every_step():
         calls.append(1)
         return len(calls) >= 3
 
-    result = denoise_canvas(scripted_denoiser([1] * 8, confidence=0.0), SamplerSettings(canvas_length=8, max_steps=50),
+    result = denoise_canvas(scripted_denoiser([1] * 8, confidence=0.0), schedule(canvas_length=8, max_steps=50),
                             VOCAB, torch.device("cpu"), should_stop=should_stop)
     assert result.stopped
     assert result.steps == 3
@@ -99,7 +109,7 @@ def test_stop_flag_is_checked_after_every_step():
 def test_confident_scripted_model_converges_early_to_its_target():
     target = [3, 1, 4, 1, 5, 9, 2, 6]
     seen = []
-    result = denoise_canvas(scripted_denoiser(target), SamplerSettings(canvas_length=8, max_steps=40),
+    result = denoise_canvas(scripted_denoiser(target), schedule(canvas_length=8, max_steps=40),
                             VOCAB, torch.device("cpu"), generator=torch.Generator().manual_seed(0),
                             on_step=lambda step, canvas: seen.append(step))
     assert result.tokens[0].tolist() == target
@@ -113,7 +123,7 @@ def test_confident_scripted_model_converges_early_to_its_target():
 def test_the_confidence_is_read_at_temperature_one_whatever_the_schedule(t_min):
     # Margin 2 over 10 others: p = e^2 / (e^2 + 10) = 0.425 at temperature 1, but ~1.0 at temperature 0.05.
     target = [3, 1, 4, 1, 5]
-    settings = SamplerSettings(canvas_length=5, max_steps=3, t_max=t_min, t_min=t_min)
+    settings = schedule(canvas_length=5, max_steps=3, t_max=t_min, t_min=t_min)
     result = denoise_canvas(scripted_denoiser(target, confidence=2.0), settings, VOCAB, torch.device("cpu"),
                             generator=torch.Generator().manual_seed(0))
     expected = math.log(math.exp(2.0) / (math.exp(2.0) + VOCAB - 1))
@@ -123,13 +133,13 @@ def test_the_confidence_is_read_at_temperature_one_whatever_the_schedule(t_min):
 
 
 def test_uncertain_model_runs_the_full_schedule():
-    result = denoise_canvas(scripted_denoiser([0] * 8, confidence=0.0), SamplerSettings(canvas_length=8, max_steps=7),
+    result = denoise_canvas(scripted_denoiser([0] * 8, confidence=0.0), schedule(canvas_length=8, max_steps=7),
                             VOCAB, torch.device("cpu"))
     assert result.steps == 7 and not result.converged
 
 
 def test_deadline_returns_the_draft_instead_of_nothing():
-    result = denoise_canvas(scripted_denoiser([2] * 8, confidence=0.0), SamplerSettings(canvas_length=8, max_steps=500),
+    result = denoise_canvas(scripted_denoiser([2] * 8, confidence=0.0), schedule(canvas_length=8, max_steps=500),
                             VOCAB, torch.device("cpu"), deadline=time.monotonic() - 1)
     assert result.steps == 1 and not result.stopped
     assert result.tokens.shape == (1, 8)
@@ -144,8 +154,8 @@ def test_entropy_bound_accepts_lowest_entropy_positions_within_bound():
 
 def test_multi_canvas_generation_chains_blocks(engine):
     prompt = engine.bundle.tokenizer.encode("x = 1\n", add_special_tokens=False)
-    settings = SamplerSettings(canvas_length=8, max_steps=3, max_canvases=3, seed=0)
-    result = engine.generate(prompt, settings)
+    result = engine.generate(prompt, engine.schedule(SamplerSettings(canvas_length=8, max_steps=3, max_canvases=3,
+                                                                     seed=0)))
     assert 1 <= result.stats.canvases <= 3
     if not result.finished:
         assert result.stats.canvases == 3 and len(result.token_ids) == 24
@@ -154,14 +164,14 @@ def test_multi_canvas_generation_chains_blocks(engine):
 
 def test_autoregressive_baseline_counts_one_forward_per_token(engine):
     prompt = engine.bundle.tokenizer.encode("def f():\n", add_special_tokens=False)
-    result = engine.generate_autoregressive(prompt, max_new_tokens=6)
+    result = engine.generate(prompt, engine.schedule(SamplerSettings(decoding="autoregressive", canvas_length=6)))
     assert len(result.token_ids) <= 6
     # The prefill yields the first token; each later token costs one more encoder pass.
     expected = len(result.token_ids) + 1 if result.finished else len(result.token_ids)
     assert result.stats.encoder_passes == expected
 
 
-def test_max_steps_zero_takes_the_models_own_step_count(tiny_model_dir, tmp_path):
+def test_unset_max_steps_takes_the_models_own_step_count(tiny_model_dir, tmp_path):
     import json
     import shutil
 
@@ -169,12 +179,13 @@ def test_max_steps_zero_takes_the_models_own_step_count(tiny_model_dir, tmp_path
     meta = json.loads((model_dir / "dglsp.json").read_text())
     meta["sampler"]["max_steps"] = 3
     (model_dir / "dglsp.json").write_text(json.dumps(meta))
-    engine = Engine(load_bundle(EngineSettings(model=str(model_dir), device="cpu")))
-    assert engine.default_steps == 3
+    engine = load_engine(EngineSettings(model=str(model_dir), device="cpu"))[1]
+    assert engine.defaults.max_steps == 3
     prompt = engine.bundle.tokenizer.encode("def f(x):\n", add_special_tokens=False)
     # Random weights never become confident, so the schedule's length is what ends each canvas.
-    assert engine.generate(prompt, SamplerSettings(canvas_length=8, seed=0)).stats.steps == 3
-    assert engine.generate(prompt, SamplerSettings(canvas_length=8, max_steps=5, seed=0)).stats.steps == 5
+    assert engine.generate(prompt, engine.schedule(SamplerSettings(canvas_length=8, seed=0))).stats.steps == 3
+    assert engine.generate(prompt, engine.schedule(SamplerSettings(canvas_length=8, max_steps=5, seed=0))
+                           ).stats.steps == 5
 
 
 def test_the_schedule_is_the_models_own_unless_the_user_sets_it(tiny_model_dir, tmp_path):
@@ -185,8 +196,8 @@ def test_the_schedule_is_the_models_own_unless_the_user_sets_it(tiny_model_dir, 
     meta = json.loads((model_dir / "dglsp.json").read_text())
     meta["sampler"].update(t_max=0.3, t_min=0.1, entropy_bound=2.0)
     (model_dir / "dglsp.json").write_text(json.dumps(meta))
-    engine = Engine(load_bundle(EngineSettings(model=str(model_dir), device="cpu")))
-    ran = engine.resolved(SamplerSettings())
+    engine = load_engine(EngineSettings(model=str(model_dir), device="cpu"))[1]
+    ran = engine.schedule(SamplerSettings())
     assert (ran.t_max, ran.t_min, ran.entropy_bound) == (0.3, 0.1, 2.0)
-    mine = engine.resolved(SamplerSettings(t_max=0.9, entropy_bound=0.5))
+    mine = engine.schedule(SamplerSettings(t_max=0.9, entropy_bound=0.5))
     assert (mine.t_max, mine.t_min, mine.entropy_bound) == (0.9, 0.1, 0.5)

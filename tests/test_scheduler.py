@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from dglsp.completion.scheduler import Cancelled, Job, JobKey, Scheduler
+from dglsp.completion.outcome import Reason
+from dglsp.completion.scheduler import Cancelled, Job, JobKey, JobKind, Scheduler
 
 
 def blocking_work(started: threading.Event, steps: list[int]):
@@ -104,7 +105,7 @@ async def test_a_real_request_preempts_background_work():
             time.sleep(0.005)
         return "speculative"
 
-    background = asyncio.ensure_future(scheduler.submit(JobKey("a", "speculative"), 1, speculate, background=True))
+    background = asyncio.ensure_future(scheduler.submit(JobKey("a", JobKind.PREFETCH), 1, speculate))
     await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
     result = await scheduler.submit(JobKey("b"), 1, lambda job: "real")
     assert result == "real"
@@ -117,7 +118,7 @@ async def test_did_change_does_not_stale_background_work():
     scheduler = Scheduler(debounce_ms=0)
     release = threading.Event()
     background = asyncio.ensure_future(
-        scheduler.submit(JobKey("a", "speculative"), 1, lambda job: release.wait(5) and "kept", background=True))
+        scheduler.submit(JobKey("a", JobKind.PREFETCH), 1, lambda job: release.wait(5) and "kept"))
     await asyncio.sleep(0.05)
     scheduler.document_changed("a", 2)
     release.set()
@@ -128,18 +129,18 @@ async def test_did_change_does_not_stale_background_work():
 async def test_kinds_of_one_document_do_not_supersede_each_other_and_a_held_job_stops_once():
     scheduler = Scheduler(debounce_ms=0)
     release = threading.Event()
-    draft_job = scheduler.new_job(JobKey("doc", "draft"), 1)
-    draft = asyncio.ensure_future(scheduler.submit(JobKey("doc", "draft"), 1, lambda job: release.wait(5) and "drafted",
-                                                   job=draft_job))
+    draft_job = scheduler.new_job(JobKey("doc", JobKind.DRAFT), 1)
+    draft = asyncio.ensure_future(scheduler.submit(JobKey("doc", JobKind.DRAFT), 1,
+                                                   lambda job: release.wait(5) and "drafted", job=draft_job))
     await asyncio.sleep(0.05)
     completion = asyncio.ensure_future(scheduler.submit(JobKey("doc"), 1, lambda job: "completed"))
     release.set()
     assert await draft == "drafted" and await completion == "completed"
-    held = scheduler.new_job(JobKey("doc", "draft"), 1)
-    held.cancel("cancelled by the user")  # before it was ever queued: it never runs
+    held = scheduler.new_job(JobKey("doc", JobKind.DRAFT), 1)
+    held.cancel(Reason.CANCELLED, "by the user")  # before it was ever queued: it never runs
     ran: list[str] = []
-    with pytest.raises(Cancelled, match="cancelled by the user"):
-        await scheduler.submit(JobKey("doc", "draft"), 1, lambda job: ran.append("ran"), job=held)
+    with pytest.raises(Cancelled, match="cancelled: by the user"):
+        await scheduler.submit(JobKey("doc", JobKind.DRAFT), 1, lambda job: ran.append("ran"), job=held)
     assert ran == []
     scheduler.shutdown()
 
@@ -154,9 +155,10 @@ async def test_closing_a_document_stops_every_kind_of_its_jobs():
             time.sleep(0.005)
         return "late"
 
-    running = asyncio.ensure_future(scheduler.submit(JobKey("doc", "draft"), 1, work))
+    running = asyncio.ensure_future(scheduler.submit(JobKey("doc", JobKind.DRAFT), 1, work))
     await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
-    scheduler.cancel_document("doc", "document closed")
-    with pytest.raises(Cancelled, match="document closed"):
+    scheduler.cancel_document("doc", Reason.DOCUMENT_CLOSED)
+    with pytest.raises(Cancelled, match="document_closed") as stopped:
         await running
+    assert stopped.value.reason is Reason.DOCUMENT_CLOSED
     scheduler.shutdown()

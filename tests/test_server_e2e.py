@@ -21,20 +21,33 @@ URI = "file:///tmp/dglsp-e2e/greet.py"
 SLOW = {"sampler": {"canvas_length": 64, "max_steps": 512, "max_canvases": 8, "confidence_threshold": 1e-9}}
 
 
-def capabilities() -> types.ClientCapabilities:
+def capabilities(previews: bool = False) -> types.ClientCapabilities:
     caps = client_capabilities("visual-studio-code")
     caps.text_document.inline_completion = types.InlineCompletionClientCapabilities()
     caps.window.work_done_progress = True
+    if previews:  # what our editor plugins declare: `dglsp/preview` notifications, with the reason at the end
+        caps.experimental = {"dglsp": {"preview": True}}
     return caps
 
 
-async def start(model_dir, options=None) -> LanguageClient:
+async def start(model_dir, options=None, previews: bool = False) -> LanguageClient:
     config = ClientServerConfig(server_command=[sys.executable, "-m", "dglsp", "serve", "--model", str(model_dir),
                                                 "--log-level", "DEBUG"])
     client = await config.start()
-    await client.initialize_session(types.InitializeParams(capabilities=capabilities(),
+    await client.initialize_session(types.InitializeParams(capabilities=capabilities(previews),
                                                            initialization_options=options or {}))
     return client
+
+
+def record_previews(client: LanguageClient) -> list:
+    """Collect the server's `dglsp/preview` notifications."""
+    previews: list = []
+
+    @client.feature("dglsp/preview")
+    def on_preview(params) -> None:
+        previews.append(params)
+
+    return previews
 
 
 @pytest_asyncio.fixture

@@ -8,7 +8,9 @@ import pytest
 from lsprotocol import types
 from pygls.workspace import Workspace
 
-from dglsp.completion.service import CompletionService, Found
+from dglsp.completion.edits import Edit
+from dglsp.completion.outcome import NoSuggestion, Reason
+from dglsp.completion.service import CompletionService
 from dglsp.config import Settings
 from dglsp.errors import ModelNotReadyError
 from dglsp.lsp.documents import WorkspaceDocuments, snapshot
@@ -38,7 +40,7 @@ async def test_typing_through_answers_with_no_model_loaded():
     service.typing_through.remember(URI, TEXT, CURSOR, "a + b")
     typed = TEXT[:CURSOR] + "a" + TEXT[CURSOR:]
     edit(workspace, typed, 2)
-    assert await service.suggest(snapshot(workspace, URI), CURSOR + 1) == Found(" + b")
+    assert await service.suggest(snapshot(workspace, URI), CURSOR + 1) == Edit(CURSOR + 1, CURSOR + 1, " + b")
     assert service.metrics.typing_through_served == 1 and "no model run" in lines[-1]
     # Anything else needs the model, which was never loaded: a clear error, not a hang.
     with pytest.raises(ModelNotReadyError):
@@ -58,7 +60,8 @@ async def test_a_document_edited_while_the_model_loads_gets_no_suggestion(tiny_m
     before = snapshot(workspace, URI)
     service.start_loading()
     edit(workspace, TEXT + "# more\n", 2)
-    assert await service.suggest(before, CURSOR) is None
+    hidden = await service.suggest(before, CURSOR)
+    assert isinstance(hidden, NoSuggestion) and hidden.reason is Reason.DOCUMENT_CHANGED
     assert "document changed to version 2" in lines[-1]
     assert service.status()["ready"] and service.metrics.requests == 1
 
@@ -74,6 +77,7 @@ async def test_status_says_what_ghost_text_and_drafts_run_with_and_the_gates_sha
     assert "set in your settings" in schedule["ghost_text"]["why"]
     assert schedule["draft"]["canvas_length"] == 16  # the tiny model's own canvas
     assert schedule["draft"]["max_steps"] == 24 and "the model's own" in schedule["draft"]["why"]
-    assert await service.suggest(snapshot(workspace, URI), CURSOR) is None  # random weights: below any gate of 1
+    hidden = await service.suggest(snapshot(workspace, URI), CURSOR)  # random weights: below any gate of 1
+    assert isinstance(hidden, NoSuggestion) and hidden.reason is Reason.LOW_CONFIDENCE
     gate = service.status()["gate"]
     assert gate["min_confidence"] == 1.0 and gate["hidden"] == 1 and gate["hidden_share"] == 1.0

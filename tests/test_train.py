@@ -14,10 +14,11 @@ import torch
 from dglsp.cli import main as cli_main
 from dglsp.completion.prompt import CursorContext, PromptFormat, encode_fim
 from dglsp.config import EngineSettings, SamplerSettings
-from dglsp.model.engine import Engine
-from dglsp.model.loading import EMBEDDED_MODEL_DIR, load_bundle
+from dglsp.model.loading import EMBEDDED_MODEL_DIR, load_engine
 from dglsp.tools import corpus, modelzoo, train
 from dglsp.tools.options import TrainConfig
+from dglsp.tools.training import checkpoints, objective, schedule
+from dglsp.tools.training.examples import choose_gap, collate, make_example, unpack
 
 FMT = PromptFormat("fim", dict(modelzoo.SPECIAL_TOKENS))
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -67,7 +68,7 @@ def test_generated_and_minified_files_are_recognised():
 def test_examples_are_the_serving_prompt_plus_a_canvas(tiny_tokenizer):
     rng = random.Random(0)
     for file in stdlib_sources():
-        example = train.make_example(file, rng, tiny_tokenizer, FMT, 16, 64, 32)
+        example = make_example(file, rng, tiny_tokenizer, FMT, 16, 64, 32)
         prefix = tiny_tokenizer.decode(example.prefix)
         suffix = tiny_tokenizer.decode(example.suffix)
         assert example.prompt() == encode_fim(tiny_tokenizer, FMT, CursorContext(prefix, suffix, path=file.path))
@@ -77,9 +78,9 @@ def test_examples_are_the_serving_prompt_plus_a_canvas(tiny_tokenizer):
 
 def test_collate_aligns_prompts_and_builds_middle_eos_padding(tiny_tokenizer):
     rng = random.Random(1)
-    examples = [train.make_example(f, rng, tiny_tokenizer, FMT, 16, 64, 32) for f in stdlib_sources()]
+    examples = [make_example(f, rng, tiny_tokenizer, FMT, 16, 64, 32) for f in stdlib_sources()]
     middles = [list(e.middle) for e in examples]
-    batch = train.collate(examples, 16, tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id, pad_weight=0.1)
+    batch = collate(examples, 16, tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id, pad_weight=0.1)
     assert batch.prompt_ids.shape[0] == len(examples)  # none dropped: their fixed tokens all fit
     assert (batch.prompt_ids[:, -1] == tiny_tokenizer.convert_tokens_to_ids("<|middle|>")).all()
     assert (batch.prompt_ids[:, 0] == tiny_tokenizer.bos_token_id).all()
@@ -96,20 +97,20 @@ def test_collate_aligns_prompts_and_builds_middle_eos_padding(tiny_tokenizer):
 
 def test_training_steps_lower_the_loss_on_a_fixed_batch(tiny_tokenizer):
     rng = random.Random(2)
-    examples = [train.make_example(f, rng, tiny_tokenizer, FMT, 16, 48, 24) for f in stdlib_sources()]
-    batch = train.collate(examples, 16, tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id, pad_weight=0.1)
+    examples = [make_example(f, rng, tiny_tokenizer, FMT, 16, 48, 24) for f in stdlib_sources()]
+    batch = collate(examples, 16, tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id, pad_weight=0.1)
     model = modelzoo.build_model(modelzoo.PRESETS["tiny"], len(tiny_tokenizer), seed=0).train()
     cfg = TrainConfig(preset="tiny", canvases_per_prompt=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
 
     def loss_now() -> float:
         with torch.no_grad():
-            loss, _ = train.training_loss(model, batch, cfg, torch.Generator().manual_seed(123))
+            loss, _ = objective.training_loss(model, batch, cfg, torch.Generator().manual_seed(123))
         return loss.item()
 
     before = loss_now()
     for step in range(25):
-        loss, stats = train.training_loss(model, batch, cfg, torch.Generator().manual_seed(step))
+        loss, stats = objective.training_loss(model, batch, cfg, torch.Generator().manual_seed(step))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -121,11 +122,11 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(tiny_tokenizer):
 def test_canvas_loss_reaches_the_encoder_through_the_kv_cache(tiny_tokenizer):
     """The decoder reads the prompt only through the encoder's K/V: they must receive gradient."""
     rng = random.Random(3)
-    examples = [train.make_example(f, rng, tiny_tokenizer, FMT, 16, 48, 24) for f in stdlib_sources()[:2]]
-    batch = train.collate(examples, 16, tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id, pad_weight=0.1)
+    examples = [make_example(f, rng, tiny_tokenizer, FMT, 16, 48, 24) for f in stdlib_sources()[:2]]
+    batch = collate(examples, 16, tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id, pad_weight=0.1)
     model = modelzoo.build_model(modelzoo.PRESETS["tiny"], len(tiny_tokenizer), seed=0).train()
     cfg = TrainConfig(preset="tiny", ar_weight=0.0)
-    loss, _ = train.training_loss(model, batch, cfg, torch.Generator().manual_seed(0))
+    loss, _ = objective.training_loss(model, batch, cfg, torch.Generator().manual_seed(0))
     loss.backward()
     # With the AR loss off, a token that appears only in the prompt gets gradient only via the cached K/V.
     prompt_rows = batch.prompt_ids.unique()
@@ -161,24 +162,25 @@ def test_train_resumes_from_its_checkpoint_and_exports_a_loadable_model(tiny_wor
     shipped = tiny_work_dir / "shipped"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "dglsp.json", "MANIFEST.json", "MODEL_CARD.md"):
         assert (shipped / name).is_file(), name
-    bundle = load_bundle(EngineSettings(model=str(shipped)))
+    bundle, engine = load_engine(EngineSettings(model=str(shipped)))
     meta = json.loads((shipped / "dglsp.json").read_text())
     assert meta["training"]["steps"] == 3
     # The diffusion schedule it serves with is the run's --serve-* choice.
     assert (meta["sampler"]["t_max"], meta["sampler"]["t_min"], meta["sampler"]["entropy_bound"]) == (0.3, 0.1, 2.0)
-    generation = Engine(bundle).generate([bundle.tokenizer.bos_token_id], SamplerSettings(canvas_length=16, seed=0))
+    generation = engine.generate([bundle.tokenizer.bos_token_id], engine.schedule(SamplerSettings(canvas_length=16,
+                                                                                                  seed=0)))
     assert generation.stats.steps > 0
 
 
 def test_learning_rate_warms_up_holds_then_decays_over_the_cooldown():
     cfg = TrainConfig(lr=1e-3, warmup_steps=10, max_steps=100, cooldown_steps=20, min_lr_ratio=0.1)
-    rates = [train.learning_rate(step, cfg) for step in range(100)]
+    rates = [schedule.learning_rate(step, cfg) for step in range(100)]
     assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
     assert rates[10:80] == [pytest.approx(1e-3)] * 70
     assert all(later < earlier for earlier, later in zip(rates[80:-1], rates[81:], strict=True))
     assert rates[99] == pytest.approx(1e-4)
     constant = TrainConfig(lr=1e-3, warmup_steps=10, max_steps=100)  # no cooldown: peak to the end
-    assert train.learning_rate(99, constant) == pytest.approx(1e-3)
+    assert schedule.learning_rate(99, constant) == pytest.approx(1e-3)
 
 
 def test_a_decay_is_a_branch_that_a_longer_run_does_not_inherit(tiny_work_dir):
@@ -211,11 +213,11 @@ def test_the_shipped_model_loads_through_the_serving_code():
     assert size <= 40_000_000
     for name in ("MANIFEST.json", "MODEL_CARD.md", "generation_config.json", "dglsp.json"):
         assert (directory / name).is_file(), name
-    bundle = load_bundle(EngineSettings(device="cpu"))  # no model named: the embedded default
+    bundle, engine = load_engine(EngineSettings(device="cpu"))  # no model named: the embedded default
     assert bundle.path == directory
     prompt = encode_fim(bundle.tokenizer, FMT, CursorContext("def add(a, b):\n", "\n", path="x.py"))
-    generation = Engine(bundle).generate(prompt, SamplerSettings(canvas_length=bundle.model.config.canvas_length,
-                                                                 seed=0))
+    generation = engine.generate(prompt, engine.schedule(SamplerSettings(canvas_length=engine.defaults.canvas_length,
+                                                                         seed=0)))
     assert generation.stats.steps > 0
 
 
@@ -270,19 +272,19 @@ def test_examples_with_sibling_files_carry_snippets_of_them(tiny_tokenizer):
     rng = random.Random(3)
     files = stdlib_sources()
     snippet_id = tiny_tokenizer.convert_tokens_to_ids(modelzoo.SPECIAL_TOKENS["snippet"])
-    with_snippets = [train.make_example(f, rng, tiny_tokenizer, FMT, 16, 64, 32, siblings=files[:i] + files[i + 1:],
-                                        max_snippet_tokens=400) for i, f in enumerate(files)]
+    with_snippets = [make_example(f, rng, tiny_tokenizer, FMT, 16, 64, 32, siblings=files[:i] + files[i + 1:],
+                                  max_snippet_tokens=400) for i, f in enumerate(files)]
     assert any(snippet_id in example.header for example in with_snippets)
-    plain = train.make_example(files[0], rng, tiny_tokenizer, FMT, 16, 64, 32)
+    plain = make_example(files[0], rng, tiny_tokenizer, FMT, 16, 64, 32)
     assert snippet_id not in plain.prompt()
 
 
 def test_whole_lines_are_over_half_of_the_middles():
     rng = random.Random(0)
     text = (STDLIB / "textwrap.py").read_text()
-    kinds = [train.choose_gap(text, rng)[2] for _ in range(2000)]
+    kinds = [choose_gap(text, rng)[2] for _ in range(2000)]
     assert sum(kind in ("line_after_indent", "whole_line") for kind in kinds) / len(kinds) > 0.5
-    start, end, kind = next(gap for gap in (train.choose_gap(text, rng) for _ in range(200))
+    start, end, kind = next(gap for gap in (choose_gap(text, rng) for _ in range(200))
                             if gap[2] == "line_after_indent")
     line_start = text.rfind("\n", 0, start) + 1
     assert text[line_start:start].strip() == "" and text[end] == "\n"  # cursor after the indent, the line's rest
@@ -307,8 +309,8 @@ def test_a_shard_made_here_trains_where_there_is_no_corpus(tiny_work_dir, tmp_pa
     assert not (elsewhere / "corpus.jsonl.gz").exists()
     assert torch.load(elsewhere / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
     tokenizer = (elsewhere / "tokenizer" / "tokenizer.json").read_text()
-    examples = train.unpack(packed["train"], *(json.loads(tokenizer)["model"]["vocab"][modelzoo.SPECIAL_TOKENS[n]]
-                                               for n in ("suffix", "prefix")))
+    examples = unpack(packed["train"], *(json.loads(tokenizer)["model"]["vocab"][modelzoo.SPECIAL_TOKENS[n]]
+                                         for n in ("suffix", "prefix")))
     assert all(e.prompt()[-1] == examples[0].middle_marker and e.middle for e in examples)
 
 
@@ -349,11 +351,11 @@ def test_a_pause_file_checkpoints_and_holds_the_run_until_it_is_removed(tiny_wor
 
 def test_a_scored_stretch_is_closed_and_the_next_run_opens_a_row():
     today = time.strftime("%Y-%m-%d")
-    running = train.TrainState(step=20, stretches=[{"date": today, "from_step": 10}])
-    train._open_stretch(running)  # the same day's run goes on: one row
+    running = checkpoints.TrainState(step=20, stretches=[{"date": today, "from_step": 10}])
+    checkpoints.open_stretch(running)  # the same day's run goes on: one row
     assert [row["from_step"] for row in running.stretches] == [10] and running.stretches[0]["steps"] == 20
-    scored = train.TrainState(step=30, stretches=[{"date": today, "from_step": 10, "steps": 20,
-                                                    "pass_at_1": {"single-line": {"diffusion": 0.1}}}])
-    train._open_stretch(scored)
+    scored = checkpoints.TrainState(step=30, stretches=[{"date": today, "from_step": 10, "steps": 20,
+                                                          "pass_at_1": {"single-line": {"diffusion": 0.1}}}])
+    checkpoints.open_stretch(scored)
     assert [row["from_step"] for row in scored.stretches] == [10, 30]
     assert scored.stretches[0]["steps"] == 20  # the scored row keeps the weights it was scored on

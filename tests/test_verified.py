@@ -12,9 +12,9 @@ from dglsp.completion.prompt import CursorContext, PromptBuilder
 from dglsp.config import ContextSettings, EngineSettings, SamplerSettings
 from dglsp.model.engine import Engine
 from dglsp.model.kvcache import cache_mark, rollback
-from dglsp.model.loading import load_bundle
+from dglsp.model.loading import load_engine
 from dglsp.tools import modelzoo
-from dglsp.tools.eval_humaneval import load_problems
+from dglsp.tools.humaneval import load_problems
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,7 +29,7 @@ def narrow_window_engine_dir(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def embedded_engine() -> Engine:
-    return Engine(load_bundle(EngineSettings(device="cpu", dtype="float32")))  # the shipped weights
+    return load_engine(EngineSettings(device="cpu", dtype="float32"))[1]  # the shipped weights
 
 
 def prompts(engine: Engine, count: int) -> list[list[int]]:
@@ -38,12 +38,27 @@ def prompts(engine: Engine, count: int) -> list[list[int]]:
     return [builder.build(CursorContext(p.prompt, p.suffix, path="solution.py")).ids for p in problems]
 
 
-@pytest.mark.parametrize("verify_steps", [1, 3])
-def test_verified_text_is_exactly_greedy_token_by_token_text(embedded_engine, verify_steps):
+@torch.inference_mode()
+def naive_greedy(engine: Engine, prompt: list[int], budget: int) -> list[int]:
+    """Greedy decoding the slow, obvious way: the whole text through the encoder for every token, no cache kept."""
+    output: list[int] = []
+    while len(output) < budget:
+        hidden = engine.encode(engine.new_cache(), prompt + output)
+        token = int(engine.lm_logits(hidden[:, -1]).argmax(-1))
+        if token in engine.eos_ids:
+            break
+        output.append(token)
+    return output
+
+
+@pytest.mark.parametrize("decoding,verify_steps", [("verified", 1), ("verified", 3), ("speculative", 1)])
+def test_verified_text_is_exactly_greedy_token_by_token_text(embedded_engine, decoding, verify_steps):
     for prompt in prompts(embedded_engine, 8):
-        greedy = embedded_engine.generate_autoregressive(prompt, 32)
-        verified = embedded_engine.generate(prompt, SamplerSettings(canvas_length=32, max_steps=8, verify=True,
-                                                                    verify_steps=verify_steps, seed=0))
+        greedy = embedded_engine.generate(prompt, embedded_engine.schedule(SamplerSettings(
+            decoding="autoregressive", canvas_length=32)))
+        assert greedy.token_ids == naive_greedy(embedded_engine, prompt, 32)
+        verified = embedded_engine.generate(prompt, embedded_engine.schedule(SamplerSettings(
+            canvas_length=32, max_steps=8, decoding=decoding, verify_steps=verify_steps, seed=0)))
         assert verified.token_ids == greedy.token_ids
         assert verified.finished == greedy.finished
         assert verified.stats.verifications >= 1
@@ -53,8 +68,8 @@ def test_verified_text_is_exactly_greedy_token_by_token_text(embedded_engine, ve
 
 def test_forward_passes_fall_by_what_the_drafts_got_accepted(embedded_engine):
     prompt = prompts(embedded_engine, 2)[0]
-    verified = embedded_engine.generate(prompt, SamplerSettings(canvas_length=32, max_steps=8, verify=True,
-                                                                verify_steps=1, seed=0))
+    verified = embedded_engine.generate(prompt, embedded_engine.schedule(SamplerSettings(
+        canvas_length=32, max_steps=8, decoding="verified", verify_steps=1, seed=0)))
     stats = verified.stats
     # One prefill, and per draft one denoising step plus one encoder pass that committed `accepted` tokens.
     assert stats.steps == stats.verifications and stats.encoder_passes == 1 + stats.verifications
@@ -62,7 +77,7 @@ def test_forward_passes_fall_by_what_the_drafts_got_accepted(embedded_engine):
 
 
 def test_rollback_leaves_the_cache_as_appending_only_the_kept_tokens(narrow_window_engine_dir):
-    engine = Engine(load_bundle(EngineSettings(model=str(narrow_window_engine_dir), device="cpu", dtype="float32")))
+    engine = load_engine(EngineSettings(model=str(narrow_window_engine_dir), device="cpu", dtype="float32"))[1]
     prompt = list(range(5, 5 + 40))  # past the 16-token window of the sliding layers
     extra = list(range(60, 72))
     rolled = engine.new_cache()

@@ -11,10 +11,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import cast
+from typing import Any, cast
 
 from dglsp.completion.confidence import suggestion_confidence
-from dglsp.completion.postprocess import postprocess, postprocess_edit
+from dglsp.completion.edits import Edit
+from dglsp.completion.outcome import NoSuggestion, Reason
+from dglsp.completion.postprocess import Dropped, answers_one_line, postprocess, postprocess_edit
 from dglsp.completion.prompt import (
     CursorContext,
     PrefixAnchors,
@@ -23,30 +25,38 @@ from dglsp.completion.prompt import (
     cursor_windows,
     encodable,
 )
-from dglsp.config import ContextSettings, PostprocessSettings, SamplerSettings, Settings
-from dglsp.model.backend import Backend, GenerationStats
-from dglsp.model.loading import ModelBundle
+from dglsp.config import ContextSettings, PostprocessSettings, Settings
+from dglsp.model.backend import Backend, GenerationStats, ModelBundle
+from dglsp.model.schedule import Schedule
 
 log = logging.getLogger(__name__)
 
 PreviewFn = Callable[[str], None]
 # Post-processing filters a draft goes without (its final text still never over-closes: `brackets`).
 DRAFT_SKIP = frozenset({"scope", "syntax", "closers"})
-StepPreviewFn = Callable[[int, str], None]  # (denoising step, the suggestion as the canvas reads now)
+StepPreviewFn = Callable[[int, str], None]  # (forward passes so far, the suggestion as the canvas reads now)
 
 
 @dataclass
 class Suggestion:
-    text: str | None  # what to insert at the cursor; None = nothing worth showing
+    edit: Edit | None  # what to show; None: nothing worth showing (`hidden` says why)
+    hidden: NoSuggestion | None
     raw: str  # the generated text before post-processing
     stats: GenerationStats
     prompt_ms: float
     postprocess_ms: float
     total_ms: float
-    replace_chars: int = 0  # characters after the cursor (on its line) that `text` replaces
     context: CursorContext | None = None  # the (trimmed) context the prompt was built from
     confidence: float | None = None  # the model's probability of the shown tokens (geometric mean), if known
-    gated: bool = False  # hidden because `confidence` was below `postprocess.min_confidence`
+
+    @property
+    def text(self) -> str | None:
+        return self.edit.text if self.edit is not None else None
+
+    @property
+    def gated(self) -> bool:
+        """Hidden by the confidence gate (post-processing had kept it)."""
+        return self.hidden is not None and self.hidden.reason is Reason.LOW_CONFIDENCE
 
     def timings(self) -> str:
         shown = "" if self.confidence is None else f", confidence {self.confidence:.3f}{' (hidden)' * self.gated}"
@@ -54,14 +64,14 @@ class Suggestion:
 
 
 class Completer:
-    def __init__(self, bundle: ModelBundle, engine: Backend):
+    def __init__(self, bundle: ModelBundle, backend: Backend):
         self.bundle = bundle
-        self.engine = engine
+        self.backend = backend
         self.tokenizer = bundle.tokenizer
         self.format = PromptFormat.for_model(bundle.meta, bundle.tokenizer)
         self.special_ids = set(self.tokenizer.all_special_ids)
         self.thought_ids = thought_channel_ids(self.tokenizer)
-        mismatch = engine.prompt_mismatch(PromptBuilder(self.tokenizer, self.format, ContextSettings()).build(
+        mismatch = backend.prompt_mismatch(PromptBuilder(self.tokenizer, self.format, ContextSettings()).build(
             CursorContext("def f(x):\n    ", "\n", "a.py")).ids)
         if mismatch:
             log.warning("%s (%s)", mismatch, bundle.path)
@@ -74,9 +84,10 @@ class Completer:
         """The windows around the cursor; with `key` (the document URI) the prefix keeps a sticky start."""
         if key is None:
             prefix, suffix = cursor_windows(text, offset, settings.context)
-            return CursorContext(encodable(prefix), encodable(suffix), path, language_id)
+            return CursorContext(encodable(prefix), encodable(suffix), path, language_id, offset=offset)
         prefix, suffix, prefix_ids = self.anchors.windows(key, text, offset, settings.context)
-        return CursorContext(encodable(prefix), encodable(suffix), path, language_id, prefix_ids=prefix_ids)
+        return CursorContext(encodable(prefix), encodable(suffix), path, language_id, prefix_ids=prefix_ids,
+                             offset=offset)
 
     def complete(
         self,
@@ -98,34 +109,50 @@ class Completer:
         begin = time.perf_counter()
         prompt = PromptBuilder(self.tokenizer, self.format, settings.context).build(context)
         prompt_ms = (time.perf_counter() - begin) * 1000
-        sampler, post_settings = settings.sampler, settings.postprocess
+        post_settings = settings.postprocess
         on_canvas = None
         if draft:
-            sampler = draft_sampler(settings, self.engine.default_canvas_length)
+            schedule = self.draft_schedule(settings)
             post_settings = replace(post_settings, multiline=True, mid_block=True,
                                     max_lines=settings.draft.max_lines)
             on_canvas = self._draft_watcher(prompt.context, post_settings, on_commit)
-        elif on_step is not None:
-            on_canvas = self._step_watcher(prompt.context, post_settings, on_step,
-                                           settings.latency.live_canvas_interval_ms / 1000)
-        generation = self.engine.generate(prompt.ids, sampler, should_stop, on_canvas=on_canvas,
-                                          deadline=deadline, cache_key=cache_key)
+        else:
+            schedule = self.ghost_schedule(settings, prompt.context)
+            if on_step is not None:
+                on_canvas = self._step_watcher(prompt.context, post_settings, on_step,
+                                               settings.latency.live_canvas_interval_ms / 1000)
+        generation = self.backend.generate(prompt.ids, schedule, should_stop, on_canvas=on_canvas,
+                                           deadline=deadline, cache_key=cache_key)
         post_start = time.perf_counter()
         raw = self.decode(generation.token_ids)
-        # A draft cut by its deadline is cut again at a line boundary: insert-only, so the cut keeps it valid.
-        # An explicit draft asked for more than the rest of the line (no scope filter), and shows what its
-        # progress reports showed (no syntax trim, which would cut a canvas that ends mid-statement).
-        edit = None if generation.stats.stopped else postprocess_edit(
-            raw, prompt.context, post_settings, skip=DRAFT_SKIP if draft else frozenset(),
-            allow_replace=not generation.stats.hit_deadline)
-        text, replace_chars = (edit.text, edit.replace_chars) if edit else (None, 0)
-        if text is not None and generation.stats.hit_deadline:
-            text = cut_at_line_boundary(text)
-        score = suggestion_confidence(generation.token_ids, generation.token_logprobs, text or raw, self.decode)
-        gated = text is not None and score is not None and score < self.min_confidence(post_settings) and not draft
+        edit, hidden = self._shown(raw, prompt.context, post_settings, draft, generation.stats)
+        score = suggestion_confidence(generation.token_ids, generation.token_logprobs,
+                                      edit.text if edit else raw, self.decode)
+        threshold = self.min_confidence(post_settings)
+        if edit is not None and score is not None and score < threshold and not draft:
+            edit, hidden = None, NoSuggestion(Reason.LOW_CONFIDENCE, f"confidence {score:.2f} < {threshold:.2f}")
         end = time.perf_counter()
-        return Suggestion(None if gated else text, raw, generation.stats, prompt_ms, (end - post_start) * 1000,
-                          (end - begin) * 1000, replace_chars, prompt.context, score, gated)
+        return Suggestion(edit, hidden, raw, generation.stats, prompt_ms, (end - post_start) * 1000,
+                          (end - begin) * 1000, prompt.context, score)
+
+    def _shown(self, raw: str, context: CursorContext, post_settings: PostprocessSettings, draft: bool,
+               stats: GenerationStats) -> tuple[Edit | None, NoSuggestion | None]:
+        """The edit post-processing keeps, or why there is none. A draft cut by its deadline is cut again at a
+        line boundary: insert-only, so the cut keeps it valid. An explicit draft asked for more than the rest of
+        the line (no scope filter), and shows what its progress reports showed (no syntax trim, which would cut
+        a canvas that ends mid-statement)."""
+        if stats.stopped:
+            return None, NoSuggestion(Reason.CANCELLED, "stopped while generating")
+        found = postprocess_edit(raw, context, post_settings, skip=DRAFT_SKIP if draft else frozenset(),
+                                 allow_replace=not stats.hit_deadline)
+        if isinstance(found, Dropped):
+            return None, NoSuggestion(found.reason)
+        if stats.hit_deadline:
+            cut = cut_at_line_boundary(found.text)
+            if cut is None:
+                return None, NoSuggestion(Reason.EMPTY, "the deadline left no whole line")
+            found = replace(found, text=cut)
+        return found, None
 
     def _step_watcher(self, context: CursorContext, post_settings, on_step: StepPreviewFn, interval_s: float):
         """The live canvas: at most one step per `interval_s` is decoded and post-processed (the throttle comes
@@ -151,7 +178,7 @@ class Completer:
             raw = self.decode(token_ids)
             # Without the syntax filter: a canvas ending mid-statement must not read as the block's end.
             shown_edit = postprocess_edit(raw, context, post_settings, skip=DRAFT_SKIP, allow_replace=False)
-            shown = shown_edit.text if shown_edit else ""
+            shown = shown_edit.text if isinstance(shown_edit, Edit) else ""
             if on_commit is not None:
                 on_commit(shown)
             ended_at_special = len(token_ids) > 0 and any(t in self.special_ids for t in token_ids)
@@ -159,37 +186,57 @@ class Completer:
 
         return on_canvas
 
-    def schedule(self, settings: Settings) -> dict:
-        """The canvas length, steps and decoding ghost text and drafts run with, and why (for `dglsp/status`)."""
-        ghost = settings.sampler
-        draft = draft_sampler(settings, self.engine.default_canvas_length)
-        own_steps = self.engine.default_steps
-        where = "its dglsp.json" if self.bundle.meta.get("sampler") else "its generation_config.json"
+    def ghost_schedule(self, settings: Settings, context: CursorContext | None = None) -> Schedule:
+        """Ghost text's decoding: the canvas sized to the request (a line needs a short one)."""
+        schedule = self.backend.schedule(settings.sampler)
+        if context is not None and answers_one_line(context, settings.postprocess):
+            line = settings.sampler.line_canvas_length or self.backend.defaults.line_canvas_length
+            if line:
+                schedule = schedule.with_canvas(min(line, schedule.canvas_length))
+        return schedule
 
-        def steps(value: int) -> tuple[int, str]:
-            return (value, "set in your settings") if value else (own_steps, f"the model's own ({where})")
+    def draft_schedule(self, settings: Settings) -> Schedule:
+        """An explicit draft's decoding: its own canvas length and steps (None: the model's own), canvases chained
+        up to `draft.max_tokens`; the rest is the ghost text's."""
+        draft = settings.draft
+        canvas_length = draft.canvas_length or self.backend.defaults.canvas_length
+        sampler = replace(settings.sampler, canvas_length=canvas_length, max_steps=draft.max_steps,
+                          max_canvases=max(1, math.ceil(draft.max_tokens / canvas_length)))
+        return self.backend.schedule(sampler)
 
-        ghost_steps, ghost_why = steps(ghost.max_steps)
-        draft_steps, draft_why = steps(settings.draft.max_steps)
+    def schedule(self, settings: Settings) -> dict[str, Any]:
+        """The decoding ghost text and drafts run with, and why (for `dglsp/status`)."""
+        ghost, draft = self.ghost_schedule(settings), self.draft_schedule(settings)
+        own = f"the model's own ({'its dglsp.json' if self.bundle.meta.get('sampler') else 'its generation config'})"
+
+        def source(value: object) -> str:
+            return own if value is None else "set in your settings"
+
+        sampler = settings.sampler
+        line = sampler.line_canvas_length or self.backend.defaults.line_canvas_length
         return {
             "ghost_text": {
-                "canvas_length": ghost.canvas_length, "max_steps": ghost_steps,
-                "why": f"canvas {ghost.canvas_length}: a single line is ~7-14 tokens and a short canvas denoises "
-                       f"fastest; steps: {ghost_why}, an upper bound the early stop usually undercuts",
-                "decoding": "verified" if self.engine.resolved(ghost).verify else "diffusion",
+                "canvas_length": ghost.canvas_length, "line_canvas_length": line, "max_steps": ghost.max_steps,
+                "decoding": ghost.decoding, "policy": ghost.policy,
+                "why": f"canvas {ghost.canvas_length} ({line or ghost.canvas_length} for one line): a line is ~7-14 "
+                       f"tokens and a short canvas denoises fastest; steps: {source(sampler.max_steps)}, an upper "
+                       f"bound the stop rules usually undercut; decoding {ghost.decoding} and policy {ghost.policy}: "
+                       f"{source(sampler.decoding)}",
             },
             "draft": {
-                "canvas_length": draft.canvas_length, "max_steps": draft_steps, "max_tokens": settings.draft.max_tokens,
+                "canvas_length": draft.canvas_length, "max_steps": draft.max_steps,
+                "max_tokens": settings.draft.max_tokens, "decoding": draft.decoding,
                 "why": ("canvas: the model's own (it was trained at it; 256 for the 26B)" if not settings.draft
-                        .canvas_length else "canvas: set in your settings") + f"; steps: {draft_why}",
+                        .canvas_length else "canvas: set in your settings")
+                       + f"; steps: {source(settings.draft.max_steps)}",
             },
         }
 
     def min_confidence(self, post_settings: PostprocessSettings) -> float:
-        """The gate: the user's `postprocess.min_confidence`, else the model's calibrated one, else 0."""
+        """The gate: the user's `postprocess.min_confidence`, else the model's calibrated one (0: none)."""
         if post_settings.min_confidence is not None:
             return post_settings.min_confidence
-        return float(self.bundle.meta.get("postprocess", {}).get("min_confidence", 0.0))
+        return self.backend.defaults.min_confidence
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of the generated ids without thought channels, cut at the first special token (a FIM marker
@@ -226,15 +273,6 @@ def drop_thoughts(token_ids: list[int], channel: tuple[int, int] | None) -> list
         elif not inside:
             kept.append(token)
     return kept
-
-
-def draft_sampler(settings: Settings, model_canvas_length: int) -> SamplerSettings:
-    """The schedule of an explicit draft: the draft's own canvas length and steps (0: the model's own), canvases
-    chained up to `draft.max_tokens`; the rest is the ghost text's."""
-    draft = settings.draft
-    canvas_length = draft.canvas_length or model_canvas_length
-    return replace(settings.sampler, canvas_length=canvas_length, max_steps=draft.max_steps,
-                   max_canvases=max(1, math.ceil(draft.max_tokens / canvas_length)))
 
 
 def cut_at_line_boundary(text: str) -> str | None:

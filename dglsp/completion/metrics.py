@@ -1,7 +1,8 @@
 """Latency counters the server keeps and `dglsp.stats` reports (read by `dglsp bench`).
 
 Plain counters, no LSP and no tensors: where the forward passes went (suggestions shown,
-work thrown away, speculation), how often typing-through answered, and the process's memory.
+work thrown away, work done ahead), how often typing-through answered, and the process's memory.
+Why requests ended empty is counted per `Reason` in `outcome.OutcomeCounts`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ class LatencyMetrics:
     forward_passes_shown: int = 0  # spent on suggestions that reached the editor
     forward_passes_empty: int = 0  # finished runs whose output post-processing threw away
     forward_passes_wasted: int = 0  # spent on work cancelled before it could be shown
-    forward_passes_speculative: int = 0
-    speculative_runs: int = 0
+    forward_passes_prefetch: int = 0  # spent computing the suggestion after an accepted one
+    prefetch_runs: int = 0
+    prefill_tokens: int = 0  # prompt tokens encoded ahead, where the editor's cursor went
     deadline_hits: int = 0
     hidden_by_gate: int = 0  # suggestions post-processing kept but the confidence gate hid
     finished_with_text: int = 0  # finished runs that post-processing kept (shown, or hidden by the gate)
@@ -31,7 +33,7 @@ class LatencyMetrics:
         return self.hidden_by_gate / self.finished_with_text if self.finished_with_text else 0.0
 
     def count_run(self, forward_passes: int, outcome: str) -> None:
-        """`outcome`: shown | empty | wasted | speculative."""
+        """`outcome`: shown | empty | wasted | prefetch."""
         field = f"forward_passes_{outcome}"
         setattr(self, field, getattr(self, field) + forward_passes)
 

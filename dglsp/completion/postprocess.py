@@ -1,9 +1,10 @@
 """Post-processing: turn raw generated text into the edit shown at the cursor.
 
-`postprocess_edit(raw, context, settings)` returns an `Edit`: the text, and how many
-characters after the cursor (on the cursor's line) it replaces — so a completion can
-type over auto-closed brackets instead of inserting before them. `postprocess` is the
-insert-only view of the same pipeline (no replacement), kept for callers that insert.
+`postprocess_edit(raw, context, settings)` returns an `Edit` at the cursor (`context.cursor`, in
+document offsets): the text, over the characters after the cursor on its line that it replaces,
+so a completion can type over auto-closed brackets instead of inserting before them; or a
+`Dropped` naming the filter that left nothing worth showing (the reason the editor is told).
+`postprocess` is the insert-only view of the same pipeline (no replacement), for callers that insert.
 
 The filters run in this order; each guards against a classic ghost-text bug and has a
 name, so `skip={...}` can switch it off to measure what it is worth (`dglsp eval --repo`):
@@ -34,6 +35,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dglsp.completion.edits import Edit
+from dglsp.completion.outcome import Reason
 from dglsp.completion.prompt import CursorContext
 from dglsp.completion.syntax import (
     CLOSERS,
@@ -55,15 +58,16 @@ _SELF_LOOP = re.compile(r"(.{4,}?)\1{3,}")  # a unit of 4+ chars four times in a
 
 
 @dataclass(frozen=True)
-class Edit:
-    text: str
-    replace_chars: int = 0  # characters after the cursor, on its line, that `text` replaces
+class Dropped:
+    """Nothing worth showing, and the filter that found so."""
+
+    reason: Reason
 
 
 def postprocess(raw: str, context: CursorContext, settings: PostprocessSettings) -> str | None:
     """The text to insert at the cursor (insert-only: over-closing tails are cut, never replaced)."""
     edit = postprocess_edit(raw, context, settings, allow_replace=False)
-    return edit.text if edit else None
+    return edit.text if isinstance(edit, Edit) else None
 
 
 def postprocess_edit(
@@ -72,8 +76,28 @@ def postprocess_edit(
     settings: PostprocessSettings,
     skip: frozenset[str] = frozenset(),
     allow_replace: bool = True,
-) -> Edit | None:
-    """The edit to offer at the cursor, or None when nothing is worth showing."""
+) -> Edit | Dropped:
+    """The edit to offer at the cursor, or why there is none."""
+    found = _shaped(raw, context, settings, skip, allow_replace)
+    if isinstance(found, Dropped):
+        return found
+    text, replace_chars = found
+    return Edit(context.cursor, context.cursor + replace_chars, text)
+
+
+def answers_one_line(context: CursorContext, settings: PostprocessSettings) -> bool:
+    """Whether the cursor's scope takes one line at most (code after the cursor on its line, a comment or string,
+    the middle of a statement, a blank line inside a block), so a short canvas suffices."""
+    line_prefix, line_suffix = context.prefix.rsplit("\n", 1)[-1], context.suffix.split("\n", 1)[0]
+    if not settings.multiline or line_suffix.strip():
+        return True
+    spec = language_spec(context.language_id)
+    return not _block_scope(context, spec, line_prefix, line_suffix, settings.tree_sitter, settings.mid_block)
+
+
+def _shaped(raw: str, context: CursorContext, settings: PostprocessSettings, skip: frozenset[str],
+            allow_replace: bool) -> tuple[str, int] | Dropped:
+    """The pipeline: (the text, the characters after the cursor it replaces), or why nothing is left."""
     spec = language_spec(context.language_id)
     use_tree = settings.tree_sitter
     text = _strip_fences(raw.replace("\r\n", "\n"))
@@ -87,8 +111,10 @@ def postprocess_edit(
     lines: list[str] | None = _scoped_lines(text.split("\n"), context, spec, settings, skip, block)
     if lines and "repeat" not in skip:
         lines = _cut_repeats(lines, context, line_prefix)
-    if not lines:
-        return None
+        if lines is None:
+            return Dropped(Reason.REPEAT)
+    if not lines or not "".join(lines).strip():
+        return Dropped(Reason.BRACKETS if text.strip() and block and "closers" not in skip else Reason.EMPTY)
     if block and "syntax" not in skip and use_tree:
         lines = _trim_unparsable_tail(lines, context, spec)
     lines = _tidy_whitespace(lines, line_prefix)
@@ -97,18 +123,22 @@ def postprocess_edit(
     text = "\n".join(lines)
     if "repeat" not in skip:
         text = _drop_line_suffix_repeat(text, line_suffix)
+        if not text.strip() and "\n".join(lines).strip():
+            return Dropped(Reason.REPEAT)
     if len(lines) == 1 and not line_suffix.strip():
         text = text.rstrip()
     if not text.strip():
-        return None
+        return Dropped(Reason.EMPTY)
     if "brackets" in skip:
-        edit: Edit | None = Edit(text)
+        found: tuple[str, int] | None = (text, 0)
     else:
-        edit = _balance_against_suffix(text, context, spec, line_suffix, allow_replace and settings.replace_suffix)
+        found = _balance_against_suffix(text, context, spec, line_suffix, allow_replace and settings.replace_suffix)
+    if found is None:
+        return Dropped(Reason.BRACKETS)
     hide = settings.hide_unparsable and "syntax" not in skip and use_tree
-    if edit is not None and hide and _adds_errors(edit, context, spec):
-        return None
-    return edit
+    if hide and _adds_errors(found, context, spec):
+        return Dropped(Reason.UNPARSABLE)
+    return found
 
 
 def _scoped_lines(lines: list[str], context: CursorContext, spec: LanguageSpec, settings: PostprocessSettings,
@@ -351,15 +381,16 @@ def _trim_unparsable_tail(lines: list[str], context: CursorContext, spec: Langua
     return lines[:best]
 
 
-def _adds_errors(edit: Edit, context: CursorContext, spec: LanguageSpec) -> bool:
-    """Does the edit leave more syntax errors in its top-level statement than leaving the gap empty?
-    False when there is no grammar or no trustworthy window to parse."""
+def _adds_errors(found: tuple[str, int], context: CursorContext, spec: LanguageSpec) -> bool:
+    """Does the text (replacing `found[1]` characters after the cursor) leave more syntax errors in its
+    top-level statement than leaving the gap empty? False when there is no grammar or no trustworthy window."""
     clean = clean_window(context.prefix, context.suffix)
     if clean is None:
         return False
     prefix, suffix = clean
+    text, replace_chars = found
     before = error_count(spec, prefix + suffix)
-    after = error_count(spec, prefix + edit.text + suffix[edit.replace_chars:])
+    after = error_count(spec, prefix + text + suffix[replace_chars:])
     return before is not None and after is not None and after > before
 
 
@@ -440,21 +471,22 @@ def _is_subsequence(needle: str, haystack: str) -> bool:
 
 def _balance_against_suffix(
     text: str, context: CursorContext, spec: LanguageSpec, line_suffix: str, allow_replace: bool
-) -> Edit | None:
-    """Make sure the completion does not close what the suffix already closes."""
+) -> tuple[str, int] | None:
+    """Make sure the completion does not close what the suffix already closes: (the text, the characters after
+    the cursor it types over), or None when nothing is left."""
     prefix, suffix = context.prefix, context.suffix
     balance = BracketBalance(spec, prefix, suffix)
     if balance.excess(text) <= balance.baseline:
-        return Edit(text)
+        return text, 0
     head = line_suffix.rstrip()
     # Type over what the editor auto-closed: `foo(|)` + `a, b)` -> replace `)`, keeping the rest of the text.
     if allow_replace and "\n" not in text and head and set(head) <= AUTO_CLOSED and _is_subsequence(head, text):
         if BracketBalance(spec, prefix, suffix[len(head):]).excess(text) <= balance.baseline:
-            return Edit(text, len(head))
+            return text, len(head)
     # Otherwise cut the completion before its first over-closing bracket.
     trimmed = _cut_before_over_close(text, balance)
     if "\n" in trimmed:
         trimmed = trimmed.rstrip()
     while trimmed and balance.excess(trimmed) > balance.baseline:
         trimmed = trimmed[:-1]
-    return Edit(trimmed) if trimmed.strip() else None
+    return (trimmed, 0) if trimmed.strip() else None

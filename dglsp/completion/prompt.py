@@ -6,13 +6,13 @@ Two formats, chosen by the model directory (never by the server):
 
       <bos> <|file|> path \n [<|snippet|> path \n SNIPPET]... <|suffix|> SUFFIX <|prefix|> PREFIX <|middle|>
 
-  and the canvas holds the middle, then EOS, then padding. `train.py` builds its
-  examples with `encode_fim` below, so training and serving cannot drift apart.
+  and the canvas holds the middle, then EOS, then padding. Training builds its examples
+  with the same `PromptBuilder`, so training and serving cannot drift apart.
 * ``chat`` — instruction-tuned models such as `google/diffusiongemma-26B-A4B-it`: the
   suffix, then the prefix ending at a cursor marker, inside a user turn that asks
   for only the code at the cursor, rendered with the tokenizer's chat template.
 
-Snippets (code from other open documents and recent edits, picked by `neighbors.py`) are
+Snippets (code from other open documents and recent edits, picked by `snippets.py`) are
 optional and have a token budget of their own; with none, the ids are exactly the plain
 layout above. A FIM model gets them only if its `dglsp.json` says it was trained with them
 (`"snippets": true` in `prompt_format`) or the user sets `context.snippets` to "on". The
@@ -41,6 +41,13 @@ CURSOR_MARKER = "<CURSOR>"
 EXTENSIONS = {"python": ".py", "javascript": ".js", "javascriptreact": ".jsx", "typescript": ".ts",
               "typescriptreact": ".tsx", "go": ".go", "rust": ".rs", "c": ".c", "cpp": ".cpp", "java": ".java",
               "lua": ".lua"}
+EDIT_INSTRUCTION = (
+    "You are a code editing engine. The user is editing the file below; their recent edits are given as unified "
+    "diffs. Predict their next edit in the region between {start} and {end}: reply with only the region's new "
+    "text (all of it, unchanged lines included), no explanation, no code fences. If no edit belongs there, reply "
+    "with the region unchanged."
+)
+REGION_MARKERS = ("<REGION>", "</REGION>")
 CHAT_INSTRUCTION = (
     "You are a code completion engine. Below is a source file split at the cursor: first the code "
     "after the cursor, then the code before it, ending at {cursor}. Reply with only the code to insert "
@@ -86,6 +93,15 @@ class CursorContext:
     # The prefix's token ids when whoever cut the window already tokenized it (`PrefixAnchors`): the prompt
     # then reuses them instead of tokenizing the prefix again.
     prefix_ids: tuple[int, ...] | None = None
+    offset: int | None = None  # the cursor's offset in the document (None: the windows are the whole document)
+    # A next-edit request: the region's current text, which the middle rewrites (the prefix ends and the suffix
+    # starts at the region's edges; the recent edits come as snippets). None: complete at the cursor.
+    rewrite: str | None = None
+
+    @property
+    def cursor(self) -> int:
+        """Where edits at the cursor start, in document offsets."""
+        return len(self.prefix) if self.offset is None else self.offset
 
 
 @dataclass(frozen=True)
@@ -181,7 +197,8 @@ class PromptBuilder:
             prefix_ids = None
         suffix = trim_to_tokens(self.tokenizer, context.suffix, self.settings.max_suffix_tokens, keep="start")
         snippets = self._fit_snippets(context.snippets) if snippets_enabled(self.format, self.settings) else ()
-        trimmed = CursorContext(prefix, suffix, context.path, context.language_id, snippets, prefix_ids)
+        trimmed = CursorContext(prefix, suffix, context.path, context.language_id, snippets, prefix_ids,
+                                rewrite=context.rewrite)
         if self.format.kind == "fim":
             ids = encode_fim(self.tokenizer, self.format, trimmed)
         else:
@@ -321,11 +338,20 @@ def encode_fim(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, context: C
 def encode_chat(tokenizer: PreTrainedTokenizerBase, context: CursorContext) -> list[int]:
     language = context.language_id or "code"
     related = "".join(f"\n\nRelated code from {s.path}:\n```\n{s.text}\n```" for s in context.snippets)
-    content = (
-        CHAT_INSTRUCTION.format(cursor=CURSOR_MARKER) + related
-        + f"\n\nFile: {context.path or 'untitled'} ({language})\n\nCode after the cursor:\n```\n{context.suffix}\n```"
-        + f"\n\nCode before the cursor:\n```\n{context.prefix}{CURSOR_MARKER}"
-    )
+    if context.rewrite is not None:  # a next edit: the file with the region marked, the history among the snippets
+        start, end = REGION_MARKERS
+        content = (
+            EDIT_INSTRUCTION.format(start=start, end=end) + related
+            + f"\n\nFile: {context.path or 'untitled'} ({language})\n```\n{context.prefix}{start}{context.rewrite}"
+            + f"{end}{context.suffix}\n```"
+        )
+    else:
+        content = (
+            CHAT_INSTRUCTION.format(cursor=CURSOR_MARKER) + related
+            + f"\n\nFile: {context.path or 'untitled'} ({language})"
+            + f"\n\nCode after the cursor:\n```\n{context.suffix}\n```"
+            + f"\n\nCode before the cursor:\n```\n{context.prefix}{CURSOR_MARKER}"
+        )
     messages = [{"role": "user", "content": content}]
     # transformers 5 returns a BatchEncoding (a Mapping, not a dict) for tokenize=True unless told otherwise;
     # iterating one yields its keys, so the ids are taken out explicitly whatever comes back.

@@ -1,8 +1,8 @@
 """Context beyond the cursor window: snippets of other open documents and of recently edited regions.
 
-The server records where each `didChange` landed (a ring buffer of recent edit regions, as
-llama.vim keeps a ring of chunks) and, for a request, hands `pick_snippets` the other open
-documents. Candidates are chunks of `snippet_lines` lines; each is scored by the Jaccard
+The server records each document's edits (`edits.EditHistory`; as llama.vim keeps a ring of
+chunks) and, for a request, hands `pick_snippets` the other open documents and where the user
+edited lately. Candidates are chunks of `snippet_lines` lines; each is scored by the Jaccard
 similarity of its identifiers to those around the cursor (Copilot's "neighbouring tabs"),
 recent edits get a small bonus, and the best `max_snippets` above a floor are returned,
 most similar last. The prompt builder packs them into their own token budget.
@@ -11,7 +11,6 @@ most similar last. The prompt builder packs them into their own token budget.
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -49,32 +48,12 @@ def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
 
-class RecentEdits:
-    """Where the user edited lately: (uri, line) pairs, newest last, one per chunk of lines."""
-
-    def __init__(self, capacity: int = 16, chunk_lines: int = 12):
-        self.chunk_lines = chunk_lines
-        self._regions: deque[tuple[str, int]] = deque(maxlen=capacity)
-
-    def record(self, uri: str, line: int) -> None:
-        chunk = line // self.chunk_lines
-        self._regions = deque(((u, n) for u, n in self._regions if (u, n // self.chunk_lines) != (uri, chunk)),
-                              maxlen=self._regions.maxlen)
-        self._regions.append((uri, line))
-
-    def forget(self, uri: str) -> None:
-        self._regions = deque(((u, n) for u, n in self._regions if u != uri), maxlen=self._regions.maxlen)
-
-    def regions(self) -> list[tuple[str, int]]:
-        return list(self._regions)
-
-
 def pick_snippets(
     uri: str,
     context: CursorContext,
     documents: Iterable[OpenDocument],
     settings: ContextSettings,
-    recent: RecentEdits | None = None,
+    recent: list[tuple[str, int]] | None = None,
 ) -> tuple[Snippet, ...]:
     """The snippets most similar to the code around the cursor, most similar last."""
     if settings.max_snippets <= 0:
@@ -89,7 +68,7 @@ def pick_snippets(
         if doc.uri == uri or (context.language_id and doc.language_id and doc.language_id != context.language_id):
             continue
         candidates += _chunks(doc, query, settings.snippet_lines, window)
-    for region_uri, line in recent.regions() if recent else []:
+    for region_uri, line in recent or []:
         region_doc = by_uri.get(region_uri)
         if region_doc is not None:
             first = max(0, line - settings.snippet_lines // 2)

@@ -111,3 +111,18 @@ def position_after(
 ) -> types.Position:
     """The position `span` (text on the same line, right after `position`) ends at, in the client's units."""
     return types.Position(position.line, position.character + sum(unit_length(char, encoding) for char in span))
+
+
+def position_at(text: str, offset: int, encoding: str | None = types.PositionEncodingKind.Utf16) -> types.Position:
+    """The client's position of string offset `offset` (the inverse of `offset_at`): lines broken at LF, CRLF
+    and a lone CR, characters in the negotiated units."""
+    if not 0 <= offset <= len(text):
+        raise InvalidRequestError(f"offset {offset} outside the document (length {len(text)})")
+    before = text[:offset]
+    breaks = _LINE_BREAK.findall(before)
+    line_start = len(before) - len(_LINE_BREAK.split(before)[-1])
+    if before.endswith("\r") and text[offset:offset + 1] == "\n":  # inside a \r\n: the position of its \r
+        return position_at(text, offset - 1, encoding)
+    column = text[line_start:offset]
+    units = len(column) if column.isascii() else sum(unit_length(char, encoding) for char in column)
+    return types.Position(len(breaks), units)

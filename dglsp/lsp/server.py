@@ -5,6 +5,18 @@ and build the LSP type (ranges, progress, messages, the draft's edit). Errors cr
 boundary (`_to_lsp_error`): a `DglspError` becomes a JSON-RPC error for a request or a
 `window/showMessage` for background work; anything else is logged with its traceback and
 answered with an empty result, so the server never dies on a request.
+
+Beyond the standard, for our editor plugins (a client opts in with the capability
+`experimental.dglsp.preview`):
+
+* `dglsp/preview` (server -> client, notification): partial text on one channel, `{uri, version, kind
+  ("completion" | "draft" | "edit"), range, text, done, reason?, detail?, latency_ms?, passes?}`. The live canvas
+  (when `latency.live_canvas` is on) and each committed canvas of a draft arrive with done false; every
+  request ends with one done true, carrying the shown text, or "" and why nothing was shown.
+* `dglsp/focus` (client -> server, notification): `{textDocument: {uri}, position}` where the cursor went
+  (a document entered, a jump): the server prepares the prompt there.
+* `dglsp/status` (request): the model's state, the last request's outcome and latency, and how often each
+  reason hid a suggestion.
 """
 
 from __future__ import annotations
@@ -29,12 +41,16 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
 from dglsp import __version__
+from dglsp.completion.edits import Edit, SuggestionState
+from dglsp.completion.outcome import NoSuggestion, Reason
 from dglsp.completion.scheduler import Job, Scheduler
 from dglsp.completion.service import CompletionService
+from dglsp.completion.snapshot import Snapshot
 from dglsp.config import ServeSettings, Settings
-from dglsp.errors import DglspError, InvalidRequestError, ModelNotReadyError
-from dglsp.lsp.documents import WorkspaceDocuments, offset_at, position_after, snapshot
+from dglsp.errors import BackendError, DglspError, InvalidRequestError, ModelNotReadyError
+from dglsp.lsp.documents import WorkspaceDocuments, offset_at, position_at, snapshot
 from dglsp.lsp.textsync import adopt as adopt_workspace
+from dglsp.lsp.textsync import take_changes
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +125,7 @@ class DglspServer(LanguageServer):
                                          self._on_reload)
         self._load_reported = False  # the first load's outcome has been shown; later loads report themselves
         self.client_has_inline_completion = False
+        self.client_takes_previews = False  # the client declared `experimental.dglsp.preview`
 
     @property
     def settings(self) -> Settings:
@@ -196,36 +213,102 @@ class DglspServer(LanguageServer):
         on_commit: Callable[[str], None] | None = None,
         job: Job | None = None,
     ) -> tuple[str, types.Range] | None:
-        """The suggestion at `position` and the range it replaces (empty, or auto-closed brackets it types over)."""
+        """The suggestion at `position` and the range it replaces (empty, or auto-closed brackets it types over);
+        None when nothing is shown, the reason having gone to the client as the preview's end."""
         document = snapshot(self.workspace, uri)
-        encoding = self.workspace.position_encoding
-        offset = offset_at(document.text, position, encoding)
+        offset = offset_at(document.text, position, self.workspace.position_encoding)
+        kind = "draft" if draft else "completion"
+        preview = self._preview(document, kind)
         live = self.settings.latency.live_canvas and not draft
-        on_step = self._live_canvas(uri, document.version, position) if live else None
-        found = await self.service.suggest(document, offset, draft=draft, on_commit=on_commit, job=job,
-                                           on_step=on_step)
-        if found is None:
-            return None
-        replaced = document.text[offset: offset + found.replace_chars]
-        return found.text, types.Range(position, position_after(position, replaced, encoding))
 
-    def _live_canvas(self, uri: str, version: int, position: types.Position) -> Callable[[int, str], None]:
-        """`dglsp/canvas` notifications from the worker thread (the completer throttles the steps it decodes),
-        then one with done=true: the callback gets step -1 for the end (the final text, empty if none)."""
+        def committed(text: str) -> None:  # the draft so far
+            preview(Edit(offset, offset, text), False)
+            if on_commit is not None:
+                on_commit(text)
+
+        def step(passes: int, text: str) -> None:  # the live canvas
+            preview(Edit(offset, offset, text), False, passes=passes)
+
+        found = await self.service.suggest(document, offset, draft=draft, on_commit=committed if draft else None,
+                                           job=job, on_step=step if live else None)
+        latency = self.service.last_outcome["latency_ms"] if self.service.last_outcome else None
+        if isinstance(found, NoSuggestion):
+            preview(Edit(offset, offset, ""), True, found, latency)
+            return None
+        preview(found, True, None, latency)
+        return found.text, self.range_of(document.text, found)
+
+    def range_of(self, text: str, edit: Edit) -> types.Range:
+        encoding = self.workspace.position_encoding
+        return types.Range(position_at(text, edit.start, encoding), position_at(text, edit.end, encoding))
+
+    def _preview(self, document: Snapshot, kind: str) -> Callable[..., None]:
+        """`dglsp/preview` notifications for one request, sendable from the worker thread; a no-op for clients
+        that did not ask for them."""
+        if not self.client_takes_previews:
+            return lambda *args: None
         loop = asyncio.get_running_loop()
 
-        def send(step: int, text: str) -> None:
-            done = step < 0
-            params = {"uri": uri, "version": version, "position": {"line": position.line,
-                      "character": position.character}, "text": text, "step": max(step, 0), "done": done}
-            loop.call_soon_threadsafe(self.protocol.notify, "dglsp/canvas", params)
+        def send(edit: Edit, done: bool, hidden: NoSuggestion | None = None, latency_ms: float | None = None,
+                 passes: int | None = None) -> None:
+            params: dict[str, Any] = {"uri": document.uri, "version": document.version, "kind": kind,
+                                      "range": self.protocol._converter.unstructure(self.range_of(document.text, edit)),
+                                      "text": edit.text, "done": done}
+            if hidden is not None:
+                params.update(reason=hidden.reason.value, detail=hidden.detail)
+            if latency_ms is not None:
+                params["latency_ms"] = latency_ms
+            if passes is not None:  # the live canvas: forward passes spent so far
+                params["passes"] = passes
+            loop.call_soon_threadsafe(self.protocol.notify, "dglsp/preview", params)
 
         return send
 
+    async def next_edit(self, params: Any) -> dict:
+        """`textDocument/copilotInlineEdit`: the next edit in the shape Copilot's language server answers it, so
+        clients written for it (copilot-lsp, sidekick.nvim) work unchanged: `{edits: [{range, text, textDocument:
+        {uri, version}, command}]}`, empty when there is none (and the preview's end says why)."""
+        plain = _plain(params)
+        try:
+            uri, position = _draft_target((plain,))
+            version = plain["textDocument"].get("version")
+        except (InvalidRequestError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidRequestError("textDocument/copilotInlineEdit takes {textDocument: {uri, version}, "
+                                      "position}") from exc
+        document = snapshot(self.workspace, uri)
+        if isinstance(version, int) and version != document.version:
+            return {"edits": []}  # the client asked about a version that is gone: typing moved on
+        offset = offset_at(document.text, position, self.workspace.position_encoding)
+        found = await self.service.next_edit(document, offset)
+        preview = self._preview(document, "edit")
+        latency = self.service.last_outcome["latency_ms"] if self.service.last_outcome else None
+        if isinstance(found, NoSuggestion):
+            preview(Edit(offset, offset, ""), True, found, latency)
+            return {"edits": []}
+        preview(found, True, None, latency)
+        where = self.protocol._converter.unstructure(self.range_of(document.text, found))
+        noted = {"uri": uri, "version": document.version, "range": where, "text": found.text,
+                 "start": found.start, "end": found.end}
+        accepted = {"title": "dglsp: edit accepted", "command": "dglsp.editAccepted", "arguments": [noted]}
+        return {"edits": [{"range": where, "text": found.text,
+                           "textDocument": {"uri": uri, "version": document.version}, "command": accepted}]}
+
+    def edit_noted(self, params: Any, state: SuggestionState) -> None:
+        """`textDocument/didShowInlineEdit` ({item: {command}}) and `dglsp.editAccepted`: the history notes it."""
+        plain = _plain(params)
+        item = plain.get("item", plain) if isinstance(plain, dict) else {}
+        command = item.get("command") if isinstance(item, dict) else None
+        arguments = command.get("arguments") if isinstance(command, dict) else None
+        noted = arguments[0] if isinstance(arguments, list) and arguments else item
+        try:
+            edit = Edit(int(noted["start"]), int(noted["end"]), str(noted["text"]))
+            self.service.edit_noted(str(noted["uri"]), edit, state)
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            log.debug("a next edit's %s note without its edit: %s", state, exc)
+
     def accepted(self, args: tuple) -> None:
-        """`dglsp.accepted` (the item's command, run by the editor on accept): speculate the next suggestion."""
-        if not self.settings.latency.speculative:
-            return
+        """`dglsp.accepted` (the item's command, run by the editor on accept): noted, and the next suggestion
+        computed ahead."""
         uri, position = _draft_target(args[:1] if len(args) == 1 else args[:2])
         spec = args[0] if len(args) == 1 and isinstance(args[0], dict) else {}
         text = spec.get("text") if isinstance(spec.get("text"), str) else (args[2] if len(args) > 2 else "")
@@ -234,15 +317,16 @@ class DglspServer(LanguageServer):
         try:
             document = snapshot(self.workspace, uri)
             offset = offset_at(document.text, position, self.workspace.position_encoding)
-        except DglspError as exc:  # closed or edited away since: nothing to speculate on
-            log.debug("speculation dropped: %s", exc)
+        except DglspError as exc:  # closed or edited away since: nothing to compute ahead
+            log.debug("prefetch dropped: %s", exc)
             return
         self.service.accepted(document, offset, text)
 
     async def draft(self, args: tuple) -> dict:
-        """`dglsp.draft`: draft at a position, stream committed canvases as `$/progress`, then apply the
-        whole draft as one `workspace/applyEdit` (one undo step) on the document version it was drafted
-        for. Cancelled (by `$/cancelRequest`, the progress cancel button, or an edit) -> nothing applied.
+        """`dglsp.draft`: draft at a position, stream committed canvases as `dglsp/preview` (a summary of each
+        as `$/progress`, with a cancel button), then apply the whole draft as one `workspace/applyEdit` (one undo
+        step) on the document version it was drafted for. Cancelled (by `$/cancelRequest`, the progress cancel
+        button, or an edit) -> nothing applied.
         With `"apply": false` in the argument the draft is only returned (with its range): clients that
         show it as ghost text for the user to accept (the Neovim plugin) apply it themselves."""
         uri, position = _draft_target(args)
@@ -255,14 +339,14 @@ class DglspServer(LanguageServer):
         job = self.service.new_draft_job(uri, version)
 
         def on_cancel_button(_: object) -> None:
-            job.cancel("cancelled by the user")
+            job.cancel(Reason.CANCELLED, "by the user")
 
         if cancel_button is not None:
             cancel_button.add_done_callback(on_cancel_button)
 
         def on_commit(text: str) -> None:
             if reporting:
-                report = types.WorkDoneProgressReport(message=text[-2000:])
+                report = types.WorkDoneProgressReport(message=progress_summary(text))
                 loop.call_soon_threadsafe(self.work_done_progress.report, token, report)
 
         try:
@@ -298,6 +382,13 @@ class DglspServer(LanguageServer):
         self.window_log_message(types.LogMessageParams(types.MessageType.Log, line))
 
 
+def progress_summary(draft_so_far: str, max_lines: int = 2) -> str:
+    """A draft's progress in a line or two: the count of lines so far and its last non-empty lines."""
+    lines = draft_so_far.split("\n")
+    shown = [line.strip() for line in lines if line.strip()][-max_lines:]
+    return f"{len(lines)} line{'s' * (len(lines) != 1)}: {' ⏎ '.join(shown)}"
+
+
 def _draft_target(args: tuple) -> tuple[str, types.Position]:
     """Accept `{uri, position}`, `{textDocument: {uri}, position}`, `{uri, range}` (a selection holding an
     instruction comment: the draft goes after it) or `[uri, position]`."""
@@ -313,6 +404,17 @@ def _draft_target(args: tuple) -> tuple[str, types.Position]:
         raise InvalidRequestError(
             "dglsp.draft takes one argument {uri, position} or {uri, range}, or two: uri, position"
         ) from exc
+
+
+def _plain(params: Any) -> Any:
+    """pygls hands a custom method's params as named tuples (`Object`): back to plain JSON."""
+    if hasattr(params, "_asdict"):
+        return {key: _plain(value) for key, value in params._asdict().items()}
+    if isinstance(params, dict):
+        return {key: _plain(value) for key, value in params.items()}
+    if isinstance(params, list):
+        return [_plain(value) for value in params]
+    return params
 
 
 async def _as_coroutine(fn: Callable[..., Any], *args: Any) -> Any:
@@ -357,10 +459,12 @@ def _to_lsp_error(exc: DglspError) -> JsonRpcException:
 
 
 async def _guarded(server: DglspServer, coro, empty):
-    """Answer a request: DglspError -> JSON-RPC error; anything else -> logged, empty result."""
+    """Answer a request: DglspError -> JSON-RPC error; anything else -> logged, empty result. A model that is not
+    ready and a backend that is down answer empty: the user hears of them once (`window/showMessage`), and the
+    editor's status line says why nothing shows."""
     try:
         return await coro
-    except ModelNotReadyError as exc:
+    except (ModelNotReadyError, BackendError) as exc:
         log.warning("%s", exc)
         return empty
     except DglspError as exc:
@@ -382,6 +486,9 @@ def build_server(settings: Settings | None = None, serve: ServeSettings | None =
         adopt_workspace(ls.workspace)  # didChange applied by LSP's line rules (pygls' splitlines drifts)
         text_document = params.capabilities.text_document
         ls.client_has_inline_completion = bool(text_document and text_document.inline_completion)
+        experimental = params.capabilities.experimental
+        ours = experimental.get("dglsp") if isinstance(experimental, dict) else None
+        ls.client_takes_previews = isinstance(ours, dict) and ours.get("preview") is True
         ls.apply_settings(params.initialization_options)
 
     @server.feature(types.INITIALIZED)
@@ -397,9 +504,8 @@ def build_server(settings: Settings | None = None, serve: ServeSettings | None =
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: DglspServer, params: types.DidChangeTextDocumentParams) -> None:
-        lines = [change.range.start.line for change in params.content_changes
-                 if isinstance(change, types.TextDocumentContentChangePartial)]
-        ls.service.document_changed(params.text_document.uri, params.text_document.version, lines)
+        uri, version = params.text_document.uri, params.text_document.version
+        ls.service.document_changed(uri, version, take_changes(ls.workspace, uri, version))
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: DglspServer, params: types.DidOpenTextDocumentParams) -> None:
@@ -452,6 +558,30 @@ def build_server(settings: Settings | None = None, serve: ServeSettings | None =
     def status(ls: DglspServer, params: Any) -> dict:
         return ls.service.status()
 
+    @server.feature("textDocument/copilotInlineEdit")
+    async def copilot_inline_edit(ls: DglspServer, params: Any):
+        return await _guarded(ls, ls.next_edit(params), {"edits": []})
+
+    @server.feature("textDocument/didShowInlineEdit")
+    def did_show_inline_edit(ls: DglspServer, params: Any) -> None:
+        ls.edit_noted(params, "shown")
+
+    @server.command("dglsp.editAccepted")
+    async def edit_accepted(ls: DglspServer, *args: Any):
+        return await _guarded(ls, _as_coroutine(ls.edit_noted, args[0] if args else {}, "accepted"), None)
+
+    @server.feature("dglsp/focus")
+    def focus(ls: DglspServer, params: Any) -> None:
+        """Where the editor's cursor went; malformed or stale notifications are dropped (nothing to answer)."""
+        try:
+            uri, position = _draft_target((_plain(params),))
+            document = snapshot(ls.workspace, uri)
+            offset = offset_at(document.text, position, ls.workspace.position_encoding)
+        except DglspError as exc:
+            log.debug("dglsp/focus dropped: %s", exc)
+            return
+        ls.service.focus(document, offset)
+
     @server.command("dglsp.accepted")
     async def accepted(ls: DglspServer, *args: Any):
         return await _guarded(ls, _as_coroutine(ls.accepted, args), None)
@@ -471,6 +601,6 @@ def build_server(settings: Settings | None = None, serve: ServeSettings | None =
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: DglspServer, params: Any) -> None:
-        ls.service.scheduler.cancel_all("shutdown")
+        ls.service.scheduler.cancel_all(Reason.SHUTDOWN)
 
     return server

@@ -1,24 +1,45 @@
 """The seam between the completer and whatever generates: the local `Engine` or the remote client.
 
-Contract: `generate(prompt_ids, sampler, should_stop, on_canvas=, deadline=, cache_key=)` takes the
-prompt as token ids (built by `completion.prompt`, the same for both) and returns a `Generation` whose
-token ids the completer decodes and post-processes itself, so stop rules and post-processing never
-depend on where the model runs. `should_stop` is polled between canvases or denoising steps.
-`take_notices()` hands over changes of state the user must hear about (a remote server going down),
-each once; `close()` releases what the backend holds (connections, threads). This module imports
-neither torch nor an implementation: the types here are what the layers above see.
+Contract: `generate(prompt_ids, schedule, should_stop, on_canvas=, deadline=, cache_key=)` takes the
+prompt as token ids (built by `completion.prompt`, the same for both) and a `Schedule` the backend
+resolved from the user's settings and the model's own defaults (`schedule(settings)`), and returns a
+`Generation` whose token ids the completer decodes and post-processes itself, so stop rules and
+post-processing never depend on where the model runs. `should_stop` is polled between canvases or
+denoising steps. `take_notices()` hands over changes of state the user must hear about (a remote
+server going down), each once; `forget(key)` drops what is kept for a closed document; `close()`
+releases what the backend holds (connections, threads). This module imports neither torch nor an
+implementation: the types here are what the layers above see, and what the loaders hand out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dglsp.config import LatencySettings, SamplerSettings
 
-# (step, token ids so far, committed) -> True to end the generation after a committed canvas
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from dglsp.model.schedule import ModelDefaults, Schedule
+
+# (forward passes spent after the prefill, token ids so far, committed) -> True to end the generation after a
+# committed block. Called after every denoising step (committed False) and every committed block (True).
 CanvasCallback = Callable[[int, list[int], bool], bool | None]
+ProgressFn = Callable[[str, int], None]  # (message, percent)
+
+
+@dataclass
+class ModelBundle:
+    """What a model directory holds besides the weights: the tokenizer, dglsp metadata and the model's defaults."""
+
+    tokenizer: PreTrainedTokenizerBase
+    meta: dict  # dglsp.json (prompt format, training record); {} for models we did not train
+    path: Path
+    device: Any  # torch.device locally; a description of the server for the remote backend
+    defaults: ModelDefaults  # what the model recommends (its dglsp.json, else its generation config)
 
 
 @dataclass
@@ -36,6 +57,7 @@ class GenerationStats:
     hit_deadline: bool = False
     verifications: int = 0  # verified decoding: encoder passes that checked a draft
     accepted_tokens: int = 0  # tokens those checks committed (the draft's agreed prefix + the encoder's own)
+    prefill_passes: int = 0  # encoder passes over the prompt (0 when the cache held all of it)
 
     @property
     def forward_passes(self) -> int:
@@ -53,6 +75,11 @@ class GenerationStats:
     def tokens_per_forward(self) -> float:
         """Generated tokens per forward pass of any kind (prefill and committed canvases included)."""
         return self.generated_tokens / self.forward_passes if self.forward_passes else 0.0
+
+    @property
+    def decoding_passes(self) -> int:
+        """Forward passes after the prompt's: what a decoding spends per token it writes."""
+        return self.forward_passes - self.prefill_passes
 
     def summary(self) -> str:
         return (
@@ -78,26 +105,28 @@ class Generation:
 
 class Backend(Protocol):
     device: Any  # a torch.device for the local engine; a description of the server for the remote one
-    prefix_cache: Any  # `kvcache.PrefixCache` (or a no-op stand-in where the server keeps the cache)
+    defaults: ModelDefaults
 
-    @property
-    def default_canvas_length(self) -> int: ...
-
-    @property
-    def default_steps(self) -> int: ...
+    def schedule(self, settings: SamplerSettings) -> Schedule:
+        """`settings` resolved against the model's defaults, for this backend's device."""
+        ...
 
     def generate(
         self,
         prompt_ids: list[int],
-        sampler: SamplerSettings,
+        schedule: Schedule,
         should_stop: Callable[[], bool] = ...,
         on_canvas: CanvasCallback | None = None,
         deadline: float | None = None,
         cache_key: str | None = None,
-    ) -> Generation: ...
+        seed_ids: list[int] | None = None,
+    ) -> Generation:
+        """`seed_ids`: where the canvases start instead of noise (a region's current text, for a rewrite); a
+        backend that cannot seed ignores them."""
+        ...
 
-    def resolved(self, sampler: SamplerSettings) -> SamplerSettings:
-        """`sampler` with the model's own values where the user left them unset."""
+    def prefill(self, prompt_ids: list[int], cache_key: str, should_stop: Callable[[], bool] = ...) -> int:
+        """Encode a prompt into `cache_key`'s prefix cache ahead of a request; returns the tokens encoded."""
         ...
 
     def take_notices(self) -> list[tuple[str, str]]: ...
@@ -106,6 +135,14 @@ class Backend(Protocol):
 
     def apply_latency(self, latency: LatencySettings, prompt_tokens: int) -> None:
         """Latency settings that changed after loading (the prefix cache's budget)."""
+        ...
+
+    def forget(self, key: str) -> None:
+        """Drop what is kept for `key` (a closed document's prefix cache)."""
+        ...
+
+    def cache_stats(self) -> dict[str, Any] | None:
+        """The prefix cache's counters for `dglsp.stats`, or None where the server keeps the cache."""
         ...
 
     def close(self) -> None: ...

@@ -265,3 +265,19 @@ def rollback(cache: DynamicCache, mark: CacheMark, appended: int, keep: int) -> 
             new_keys, new_values = new_keys[:, :, -window:], new_values[:, :, -window:]
             sliding.cumulative_length = length + keep
         layer.keys, layer.values = new_keys, new_values
+
+
+def detached_copy(cache: DynamicCache, config: PretrainedConfig) -> DynamicCache:
+    """A cache holding what `cache` holds, cut from its autograd graph: a no-gradient pass can append to it
+    (training's teacher decodes greedily after the prompt) without touching the original."""
+    copy = DynamicCache(config=config.get_text_config(decoder=True))
+    for source, target in zip(dynamic_layers(cache), dynamic_layers(copy), strict=True):
+        if not source.is_initialized or source.keys is None or source.values is None:
+            continue
+        keys, values = source.keys.detach(), source.values.detach()
+        target.lazy_initialization(keys, values)
+        target.keys, target.values = keys, values
+        sliding, original = _sliding(target), _sliding(source)
+        if sliding is not None and original is not None:
+            sliding.cumulative_length = original.cumulative_length
+    return copy

@@ -1,7 +1,8 @@
 """Loading a model: the one loader the server, every command and every tool use.
 
-`load_backend(settings, progress)` returns a `ModelBundle` (tokenizer, dglsp metadata, path, device
-and, for the local backend, the weights) and the `Backend` that generates. The model comes from a
+`load_backend(settings, progress)` returns a `ModelBundle` (tokenizer, dglsp metadata, path, device,
+the model's own decoding defaults) and the `Backend` that generates: the local `Engine` or the
+`RemoteBackend` (`load_remote`: the tokenizer here, the weights on the server). The model comes from a
 local directory, the Hugging Face hub (cache first; `HF_HUB_OFFLINE=1` never touches the network)
 or, by default, the small model shipped in the package. Before any weights are read the directory
 is checked (`modelcheck`), and the memory the weights need is set against what the device has, so
@@ -16,18 +17,18 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerBase
 
-from dglsp.config import EngineSettings, SamplerSettings, Settings
+from dglsp.config import EngineSettings, Settings
 from dglsp.errors import ModelLoadError
+from dglsp.model.backend import ModelBundle, ProgressFn
 from dglsp.model.modelcheck import check_model_dir, weight_bytes
+from dglsp.model.schedule import ModelDefaults
 
 if TYPE_CHECKING:
     from dglsp.model.backend import Backend
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EMBEDDED_MODEL_DIR = Path(__file__).parent / "embedded"
-ProgressFn = Callable[[str, int], None]  # (message, percent)
 # Everything a tokenizer and its chat template need (the 26B keeps its template in chat_template.jinja),
 # and the weights. `.bin`/`.pt` files are never fetched: they can run code when unpickled.
 TOKENIZER_PATTERNS = ["*.json", "*.jinja", "*.model", "*.txt"]
@@ -45,17 +45,6 @@ REQUIRED_FILES = ("config.json", "tokenizer.json")
 # Beyond the weights: the KV cache, activations and the allocator's slack at the default context sizes.
 MEMORY_HEADROOM = 1.15
 MEMORY_HEADROOM_BYTES = 1 << 30
-
-
-@dataclass
-class ModelBundle:
-    """What a model directory holds besides the backend: the tokenizer and dglsp metadata."""
-
-    model: DiffusionGemmaForBlockDiffusion | None  # None for the remote backend: the server holds the weights
-    tokenizer: PreTrainedTokenizerBase
-    meta: dict  # dglsp.json (prompt format, sampler defaults); {} for models we did not train
-    path: Path
-    device: Any  # torch.device locally; a description of the server for the remote backend
 
 
 # -- device and dtype -------------------------------------------------------------------------------
@@ -192,11 +181,28 @@ def _reporting_tqdm(progress: ProgressFn) -> type:
 
 def read_meta(path: Path) -> dict:
     """dglsp.json (prompt format, sampler defaults, training record), or {} for models we did not train."""
-    meta_file = path / "dglsp.json"
+    return _read_json(path / "dglsp.json", "restore the file")
+
+
+def read_defaults(path: Path, meta: dict) -> ModelDefaults:
+    """The model's own decoding: its dglsp.json, else its generation_config.json, else DiffusionGemma's."""
+    config = _read_json(path / "config.json", "restore the model's config.json")
+    canvas = config.get("canvas_length") or (config.get("text_config") or {}).get("canvas_length")
     try:
-        return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        return ModelDefaults.read(meta, _read_json(path / "generation_config.json", "restore the file"), canvas)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"the decoding settings recorded in {path} are not usable ({exc}); restore "
+                             "dglsp.json or generation_config.json") from exc
+
+
+def _read_json(file: Path, fix: str) -> dict:
+    try:
+        found = json.loads(file.read_text()) if file.is_file() else {}
     except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{meta_file} is not readable JSON ({exc}); restore the file") from exc
+        raise ModelLoadError(f"{file} is not readable JSON ({exc}); {fix}") from exc
+    if not isinstance(found, dict):
+        raise ModelLoadError(f"{file} does not hold a JSON object; {fix}")
+    return found
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -216,7 +222,8 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTok
 
 # -- loading ----------------------------------------------------------------------------------------
 
-def load_bundle(settings: EngineSettings, progress: ProgressFn | None = None) -> ModelBundle:
+def load_local(settings: EngineSettings, progress: ProgressFn | None = None
+               ) -> tuple[ModelBundle, DiffusionGemmaForBlockDiffusion]:
     """Tokenizer and weights (safetensors only), loaded straight onto the chosen device."""
     report = progress or (lambda message, percent: None)
     report("resolving model", 5)
@@ -229,6 +236,8 @@ def load_bundle(settings: EngineSettings, progress: ProgressFn | None = None) ->
         torch.set_num_threads(settings.threads)
     report(f"loading tokenizer from {path}", 15)
     tokenizer = load_tokenizer(path, settings.trust_remote_code)
+    meta = read_meta(path)
+    defaults = read_defaults(path, meta)
     report(f"loading {_gb(needed)} GB of weights ({str(dtype).removeprefix('torch.')}) onto {device}", 35)
     try:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(
@@ -241,7 +250,35 @@ def load_bundle(settings: EngineSettings, progress: ProgressFn | None = None) ->
     except Exception as exc:
         raise ModelLoadError(f"cannot load DiffusionGemma weights from {path}: {exc}") from exc
     report("model loaded", 80)
-    return ModelBundle(model.eval(), tokenizer, read_meta(path), path, device)
+    return ModelBundle(tokenizer, meta, path, device, defaults), model.eval()
+
+
+def load_remote(settings: Settings, progress: ProgressFn | None = None, strict: bool = False) -> tuple[ModelBundle,
+                                                                                                      Backend]:
+    """The tokenizer (local) and a backend for `settings.remote`. The server check runs here; a failure
+    is raised when `strict` (the command line), else queued as a notice so the language server keeps
+    serving (empty completions) and tries again on later requests."""
+    from dglsp.model.remote import RemoteBackend, RemoteError
+
+    report = progress or (lambda message, percent: None)
+    if not settings.remote.url:
+        raise ModelLoadError("the remote backend needs a server URL: --url http://host:8000 (or remote.url)")
+    # The tokenizer and its chat template only: the weights live on the server.
+    path = resolve_model_dir(settings.engine.model, weights=False, progress=report)
+    report(f"loading tokenizer from {path}", 20)
+    tokenizer = load_tokenizer(path, settings.engine.trust_remote_code)
+    meta = read_meta(path)
+    defaults = dataclasses.replace(read_defaults(path, meta), canvas_length=settings.sampler.canvas_length or 32)
+    backend = RemoteBackend(settings.remote, tokenizer, defaults, chat="prompt_format" not in meta)
+    report(f"checking the completion server at {backend.client.base}", 60)
+    try:
+        report(f"remote: {backend.check()}", 90)
+    except RemoteError as exc:
+        if strict:
+            backend.close()
+            raise
+        log.warning("remote backend not ready at start-up: %s", exc)
+    return ModelBundle(tokenizer, meta, path, backend.device, defaults), backend
 
 
 def load_backend(settings: Settings, progress: ProgressFn | None = None,
@@ -249,33 +286,31 @@ def load_backend(settings: Settings, progress: ProgressFn | None = None,
     """The bundle and the backend `settings.engine.backend` names. `strict` (the command line) raises a remote
     server's failure at once; the language server instead keeps serving and retries on later requests."""
     if settings.engine.backend == "remote":
-        from dglsp.model.remote import load_remote
-
         return load_remote(settings, progress, strict=strict)
-    from dglsp.model.engine import Engine
-
-    bundle = load_bundle(settings.engine, progress)
-    return bundle, Engine(bundle, settings.latency, settings.context.prompt_tokens)
+    return load_engine(settings, progress)
 
 
 def load_engine(settings: Settings | EngineSettings, progress: ProgressFn | None = None) -> tuple[ModelBundle, Engine]:
-    """`load_backend` for the local engine only: the tools that decode token by token need the weights here."""
+    """The local engine, whatever `engine.backend` says: the tools that decode token by token need the weights
+    here."""
+    from dglsp.model.engine import Engine
+
     if isinstance(settings, EngineSettings):
         settings = Settings(engine=settings)
-    bundle, backend = load_backend(dataclasses.replace(
-        settings, engine=dataclasses.replace(settings.engine, backend="local")), progress)
-    return bundle, backend  # type: ignore[return-value]  # the local backend is an Engine
+    bundle, model = load_local(settings.engine, progress)
+    return bundle, Engine(model, bundle, settings.latency, settings.context.prompt_tokens)
 
 
 def warm_up(backend: Backend, bundle: ModelBundle, settings: Settings) -> None:
     """One generation in the shapes requests use (a prompt at the context budget, the canvas length), so the
-    first suggestion pays for no kernel selection, compilation or allocation. Local backend only."""
-    if bundle.model is None:
+    first suggestion pays for no kernel selection, compilation or allocation. Local backend only: a remote
+    server's start-up check is its warm-up."""
+    if settings.engine.backend == "remote":
         return
     context = settings.context
     length = max(16, min(1024, context.max_prefix_tokens + context.max_suffix_tokens))
     text_ids = bundle.tokenizer.encode("def f(x):\n    return x + 1\n\n", add_special_tokens=False)
     assert text_ids, "the tokenizer encodes nothing"
     prompt = (text_ids * (length // len(text_ids) + 1))[:length]
-    canvas = settings.sampler.canvas_length or backend.default_canvas_length
-    backend.generate(prompt, SamplerSettings(canvas_length=canvas, max_steps=2, seed=0))
+    schedule = backend.schedule(dataclasses.replace(settings.sampler, max_steps=2, seed=0))
+    backend.generate(prompt, schedule)

@@ -38,11 +38,10 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from transformers import PreTrainedTokenizerBase
 
-from dglsp.config import DEFAULT_MAX_STEPS, LatencySettings, RemoteSettings, SamplerSettings, Settings
-from dglsp.errors import ModelLoadError, ModelNotReadyError
+from dglsp.config import LatencySettings, RemoteSettings, SamplerSettings
+from dglsp.errors import BackendError, ModelLoadError
 from dglsp.model.backend import CanvasCallback, Generation, GenerationStats
-from dglsp.model.kvcache import PrefixCacheStats
-from dglsp.model.loading import ModelBundle, ProgressFn, load_tokenizer, read_meta, resolve_model_dir
+from dglsp.model.schedule import ModelDefaults, Schedule, resolve
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown our own log
@@ -56,7 +55,7 @@ CHAT_STOP_STRINGS = ["\n```"]
 MAX_TYPED_CHARS = 256  # a longer insertion is not "typing into the suggestion"
 
 
-class RemoteError(ModelNotReadyError):
+class RemoteError(BackendError):
     """The completion server cannot give a completion now; the message says why and what to do."""
 
     def __init__(self, kind: str, message: str):
@@ -341,20 +340,6 @@ def _server_message(body: bytes) -> str:
 
 # -- the backend ------------------------------------------------------------------------------------
 
-class NoPrefixCache:
-    """The server keeps the prefix cache (`--enable-prefix-caching`); ours has nothing to hold."""
-
-    def __init__(self):
-        self.stats = PrefixCacheStats()
-        self.nbytes = self.budget_bytes = self.kv_bytes_per_token = 0
-
-    def drop(self, key: str) -> None:
-        pass
-
-    def clear(self) -> None:
-        pass
-
-
 @dataclass
 class _Parked:
     stream: Stream
@@ -364,18 +349,17 @@ class _Parked:
 class RemoteBackend:
     """`Backend` over a remote server: one request at a time, called from the device worker thread."""
 
-    def __init__(self, settings: RemoteSettings, tokenizer: PreTrainedTokenizerBase, chat: bool = False,
-                 canvas_length: int = 32):
+    def __init__(self, settings: RemoteSettings, tokenizer: PreTrainedTokenizerBase, defaults: ModelDefaults,
+                 chat: bool = False):
         self.settings = settings
         self.tokenizer = tokenizer
+        self.defaults = defaults
         self.client = RemoteClient(settings)
         self.device = f"remote {self.client.base}"
-        self.prefix_cache = NoPrefixCache()
         self.stops = STOP_STRINGS + (CHAT_STOP_STRINGS if chat else [])
         self.chat = chat
         self.served_model: str | None = settings.model
         self.context_length: int | None = None
-        self._canvas_length = canvas_length
         self._checked = False
         self._parked: _Parked | None = None
         self._state = "unknown"  # ok | the kind of the last error
@@ -386,16 +370,10 @@ class RemoteBackend:
         self._park_lock = threading.Lock()
         self.last_stream: Stream | None = None
 
-    @property
-    def default_canvas_length(self) -> int:
-        return self._canvas_length
-
-    @property
-    def default_steps(self) -> int:
-        return DEFAULT_MAX_STEPS  # the server keeps its own schedule; vLLM refuses a step count per request
-
-    def resolved(self, sampler: SamplerSettings) -> SamplerSettings:
-        return sampler  # the server runs its own schedule and decoding: nothing to resolve here
+    def schedule(self, settings: SamplerSettings) -> Schedule:
+        # Only the token budget reaches the server: it runs its own schedule and decoding (vLLM refuses a step
+        # count, a temperature or a seed per request).
+        return resolve(settings, self.defaults)
 
     def prompt_mismatch(self, prompt_ids: list[int]) -> str | None:
         """Why the server would see other tokens than `prompt_ids` once they are rendered as text, or None."""
@@ -441,24 +419,25 @@ class RemoteBackend:
     def generate(
         self,
         prompt_ids: list[int],
-        sampler: SamplerSettings,
+        schedule: Schedule,
         should_stop: Callable[[], bool] = lambda: False,
         on_canvas: CanvasCallback | None = None,
         deadline: float | None = None,
         cache_key: str | None = None,
+        seed_ids: list[int] | None = None,
     ) -> Generation:
-        assert prompt_ids, "the prompt must not be empty"
+        assert prompt_ids, "the prompt must not be empty"  # `seed_ids`: the API has no way to seed a canvas
         with self._lock:
-            return self._generate(prompt_ids, sampler, should_stop, on_canvas, deadline, cache_key)
+            return self._generate(prompt_ids, schedule, should_stop, on_canvas, deadline, cache_key)
 
-    def _generate(self, prompt_ids, sampler, should_stop, on_canvas, deadline, cache_key) -> Generation:
+    def _generate(self, prompt_ids, schedule, should_stop, on_canvas, deadline, cache_key) -> Generation:
         stats = GenerationStats(prefill_tokens=len(prompt_ids))
         begin = time.perf_counter()
         prompt = render_prompt(self.tokenizer, prompt_ids)
         stream, typed = self._adopt(prompt)
         if stream is None:
             self._ready_or_raise()
-            stream, typed = self._open(prompt, sampler, cache_key), ""
+            stream, typed = self._open(prompt, schedule, cache_key), ""
         self.last_stream = stream
         text, finished, seen = "", False, -1
         while True:
@@ -480,7 +459,7 @@ class RemoteBackend:
                 # The reused stream went another way: start afresh.
                 self.client.close_stream(stream)
                 self._ready_or_raise()
-                stream, typed, seen = self._open(prompt, sampler, cache_key), "", -1
+                stream, typed, seen = self._open(prompt, schedule, cache_key), "", -1
                 self.last_stream = stream
                 continue
             text, stopped_at = cut_at_stop(stream.text[len(typed):], self.stops)
@@ -514,8 +493,8 @@ class RemoteBackend:
         if not self._checked:
             self.check()
 
-    def _open(self, prompt: str, sampler: SamplerSettings, cache_key: str | None) -> Stream:
-        payload: dict = {"prompt": prompt, "max_tokens": sampler.canvas_length * sampler.max_canvases,
+    def _open(self, prompt: str, schedule: Schedule, cache_key: str | None) -> Stream:
+        payload: dict = {"prompt": prompt, "max_tokens": schedule.canvas_length * schedule.max_canvases,
                          "stream": True, "stop": self.stops}
         if self.served_model is not None:
             payload["model"] = self.served_model
@@ -570,35 +549,15 @@ class RemoteBackend:
     def apply_latency(self, latency: LatencySettings, prompt_tokens: int) -> None:
         pass  # the server keeps the prefix cache (`--enable-prefix-caching`)
 
+    def forget(self, key: str) -> None:
+        pass  # ... and forgets on its own
+
+    def prefill(self, prompt_ids: list[int], cache_key: str, should_stop: Callable[[], bool] = lambda: False) -> int:
+        return 0  # the OpenAI API has no prefill-only request; the server's prefix cache warms on the first one
+
+    def cache_stats(self) -> None:
+        return None
+
     def close(self) -> None:
         self._close_parked()
         self.client.close()
-
-
-# -- loading ----------------------------------------------------------------------------------------
-
-def load_remote(
-    settings: Settings, progress: ProgressFn | None = None, strict: bool = False
-) -> tuple[ModelBundle, RemoteBackend]:
-    """The tokenizer (local) and a backend for `settings.remote`. The server check runs here; a failure
-    is raised when `strict` (the command line), else queued as a notice so the language server keeps
-    serving (empty completions) and tries again on later requests."""
-    report = progress or (lambda message, percent: None)
-    if not settings.remote.url:
-        raise ModelLoadError("the remote backend needs a server URL: --url http://host:8000 (or remote.url)")
-    # The tokenizer and its chat template only: the weights live on the server.
-    path = resolve_model_dir(settings.engine.model, weights=False, progress=report)
-    report(f"loading tokenizer from {path}", 20)
-    tokenizer = load_tokenizer(path, settings.engine.trust_remote_code)
-    meta = read_meta(path)
-    backend = RemoteBackend(settings.remote, tokenizer, chat="prompt_format" not in meta,
-                            canvas_length=settings.sampler.canvas_length)
-    report(f"checking the completion server at {backend.client.base}", 60)
-    try:
-        report(f"remote: {backend.check()}", 90)
-    except RemoteError as exc:
-        if strict:
-            backend.close()
-            raise
-        log.warning("remote backend not ready at start-up: %s", exc)
-    return ModelBundle(None, tokenizer, meta, path, backend.device), backend

@@ -1,14 +1,16 @@
 """The block-diffusion denoising loop for one canvas: a plain loop over tensors.
 
-It follows DiffusionGemma's rule as transformers implements it in
-`generation_diffusion_gemma.py` (`_denoising_step`, `EntropyBoundSampler`,
-`LinearTemperatureScheduleLogitsProcessor`, `StableAndConfidentStoppingCriteria`),
-and with the same seed it reproduces `generate()` token for token. What it adds:
-a stop flag checked after every denoising step, a callback that sees each
-intermediate canvas, and stats.
+With the `entropy_bound` policy and `reference` sampling it follows DiffusionGemma's rule as
+transformers implements it in `generation_diffusion_gemma.py` (`_denoising_step`,
+`EntropyBoundSampler`, `LinearTemperatureScheduleLogitsProcessor`, `StableAndConfidentStoppingCriteria`),
+and with the same seed it reproduces `generate()` token for token. The `prefix` policy commits the
+canvas left to right instead (`diffusion.prefix_accept`). What the loop adds to both: a stop flag
+checked after every step, a callback that sees each intermediate canvas, pinned leading positions
+(verified decoding's pending token), a seeded start (a draft to improve instead of noise), the
+settle rule, an EOS tail frozen to padding, and stats.
 
-It knows nothing about transformers: the caller passes `denoise(canvas, self_cond)`,
-one decoder forward over the canvas returning raw logits `[1, L, V]`.
+It knows nothing about transformers: the caller passes `denoise(canvas, self_cond)`, one decoder
+forward over the canvas returning raw logits `[1, L, V]`, and a resolved `Schedule`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from dataclasses import dataclass
 
 import torch
 
-from dglsp.config import SamplerSettings
+from dglsp.model.diffusion import (
+    SAMPLERS,
+    SampleFn,
+    entropy_bounded_accept,
+    prefix_accept,
+    temperature_at,
+    uniform_noise,
+)
+from dglsp.model.schedule import Schedule
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor], None]
@@ -30,111 +40,79 @@ class CanvasResult:
     tokens: torch.Tensor  # [1, L] argmax canvas: the committed block
     steps: int  # decoder forward passes spent on it
     stopped: bool  # the stop flag ended it before the schedule did
-    converged: bool  # the stable-and-confident criterion (or the settle rule) ended it
+    converged: bool  # a stop rule (stable and confident, settled, fully committed) ended it
     ms: float
     # [1, L] each argmax token's log-probability at the last step, at temperature 1: the confidence gate reads
     # it, and a tempered one says every token is certain once the schedule ends near temperature 0
     logprobs: torch.Tensor | None = None
+    last_logits: torch.Tensor | None = None  # [L, V] the last step's raw logits (self-speculation's dial)
 
 
-def temperature_at(step_remaining: int, settings: SamplerSettings) -> torch.Tensor:
-    """Linear schedule from t_max (first step) to t_min; steps count down N..1 as in transformers.
+@dataclass
+class _Canvas:
+    """The state one denoising step reads and writes."""
 
-    Computed in float32 from an int32 step exactly as transformers does, so the division by it
-    rounds the same way (a float64 Python temperature differs in the last bit).
-    """
-    step = torch.tensor(step_remaining, dtype=torch.int32)
-    t_min, t_max = settings.t_min, settings.t_max
-    assert t_min is not None and t_max is not None, "resolve the schedule first (SamplerSettings.with_schedule)"
-    return t_min + (t_max - t_min) * (step / settings.max_steps)
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    # The same computation as torch.distributions.Categorical(logits=...).entropy(), which transformers
-    # uses; reimplementing it differently would change acceptance on ties and break bit-exactness.
-    return torch.distributions.Categorical(logits=logits).entropy()
-
-
-def fused_sample(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One log-softmax for both the sample and the entropy, sampling by an exponential race (gpt-fast's
-    `multinomial_sample_one_no_sync`): no second pass over the vocabulary and no host sync. The GPU path:
-    at 262k tokens the softmax/entropy passes cost more than the decoder step. Not bit-exact with
-    transformers' `generate()` (a different random stream), so the CPU path keeps the reference math."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # [1, L, V]
-    probs = log_probs.exp()
-    entropy = -(probs * log_probs).nan_to_num().sum(-1)  # [1, L]; 0 * -inf -> 0 like Categorical
-    race = torch.empty_like(probs).exponential_(1, generator=generator)
-    return torch.argmax(probs / race, dim=-1), entropy
-
-
-def entropy_bounded_accept(entropy: torch.Tensor, entropy_bound: float) -> torch.Tensor:
-    """Accept the k lowest-entropy positions with sum(H) - max(H) <= bound (arXiv 2505.24857)."""
-    sorted_entropy, order = torch.sort(entropy, dim=-1, descending=False)
-    selected = torch.cumsum(sorted_entropy, dim=-1) - sorted_entropy <= entropy_bound
-    return torch.scatter(torch.zeros_like(selected), dim=-1, index=order, src=selected)
+    tokens: torch.Tensor  # [1, L] what the decoder sees next
+    argmax: torch.Tensor  # [1, L] the canvas as it reads now
+    held: int  # leading positions held fixed (pinned, or committed by the prefix policy)
+    end: int  # positions from here on are a frozen padding tail (after a committed EOS)
 
 
 def denoise_canvas(
     denoise: DenoiseFn,
-    settings: SamplerSettings,
+    schedule: Schedule,
     vocab_size: int,
     device: torch.device,
     generator: torch.Generator | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_step: StepCallback | None = None,
     deadline: float | None = None,
-    fused_sampling: bool = False,
     fixed: list[int] | None = None,
     eos_ids: frozenset[int] = frozenset(),
+    pad_id: int = 0,
+    seed_tokens: list[int] | None = None,
 ) -> CanvasResult:
-    """Denoise one canvas of `settings.canvas_length` tokens from uniform noise.
+    """Denoise one canvas of `schedule.canvas_length` tokens, from uniform noise or from `seed_tokens`.
 
-    `deadline` (a `time.monotonic()` value) ends the loop like the stop flag does, but the
-    best canvas so far is still returned (`stopped` stays False): callers use it as the draft.
-    `fused_sampling` takes `fused_sample` instead of the reference math (the engine sets it on GPUs).
-    `fixed` tokens hold the canvas's first positions throughout (verified decoding's pending token).
-    `eos_ids` let `settings.settle_steps` end the canvas once it has settled up to its first EOS.
+    `deadline` (a `time.monotonic()` value) ends the loop like the stop flag does, but the best canvas
+    so far is still returned (`stopped` stays False): callers use it as the draft. `fixed` tokens hold
+    the canvas's first positions throughout. `eos_ids` let the settle rule, the prefix policy and
+    `eos_freeze` find where the block ends.
     """
-    assert settings.canvas_length > 0 and settings.max_steps > 0
-    settings = settings.with_schedule()
-    assert settings.entropy_bound is not None
+    length = schedule.canvas_length
+    assert length > 0 and schedule.max_steps > 0
+    sample = SAMPLERS[schedule.sampling]
     start = time.perf_counter()
-    shape = (1, settings.canvas_length)
-    canvas = torch.randint(0, vocab_size, shape, device=device, generator=generator)  # [1, L]
-    pinned = torch.tensor([fixed], device=device) if fixed else None  # [1, F]
-    if pinned is not None:
-        canvas[:, : pinned.shape[1]] = pinned
-    argmax_canvas = canvas
+    shape = (1, length)
+    tokens = uniform_noise(shape, vocab_size, generator, device)  # [1, L]
+    if seed_tokens:
+        tokens[0, : min(length, len(seed_tokens))] = torch.tensor(seed_tokens[:length], device=device)
+    held = len(fixed) if fixed else 0
+    if fixed:
+        tokens[:, :held] = torch.tensor([fixed], device=device)
+    state = _Canvas(tokens, tokens.clone(), held, length)
     self_conditioning: torch.Tensor | None = None
     raw_logits: torch.Tensor | None = None
-    history = torch.full((settings.stability_threshold, *shape), -1, dtype=torch.long, device=device)
-    settle = _Settle(settings.settle_steps, eos_ids)
+    history = torch.full((schedule.stability_threshold, *shape), -1, dtype=torch.long, device=device)
+    settle = _Settle(schedule.settle_steps, eos_ids)
+    pad = torch.tensor(pad_id, device=device)
     steps = 0
     converged = stopped = False
-    for step_remaining in range(settings.max_steps, 0, -1):
-        temperature = temperature_at(step_remaining, settings).to(device)
-        raw_logits = denoise(canvas, self_conditioning)  # [1, L, V]
+    for step_remaining in range(schedule.max_steps, 0, -1):
+        temperature = temperature_at(step_remaining, schedule.max_steps, schedule.t_min, schedule.t_max).to(device)
+        raw_logits = denoise(state.tokens, self_conditioning)  # [1, L, V]
         logits = raw_logits / temperature
         steps += 1
-        if fused_sampling:
-            sampled, entropy = fused_sample(logits, generator)
+        if schedule.policy == "prefix":
+            done = _prefix_step(state, raw_logits, eos_ids, schedule.prefix_threshold, generator, vocab_size, pad)
+        elif schedule.policy == "entropy_bound":
+            done = _entropy_bound_step(state, logits, sample, schedule, eos_ids, generator, vocab_size, history, pad)
         else:
-            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-            sampled = torch.multinomial(probs.view(-1, vocab_size), 1, generator=generator).view(shape)
-            entropy = token_entropy(logits)  # [1, L]
-        argmax_canvas = torch.argmax(logits, dim=-1)
-        accepted = entropy_bounded_accept(entropy, settings.entropy_bound)
-        noise = torch.randint(0, vocab_size, shape, device=device, generator=generator)
-        canvas = torch.where(accepted, sampled, canvas)
-        canvas = torch.where(~accepted, noise, canvas)
-        if pinned is not None:
-            canvas[:, : pinned.shape[1]] = pinned
-            argmax_canvas[:, : pinned.shape[1]] = pinned
-        converged = _stable_and_confident(history, argmax_canvas, entropy, settings)
-        converged = settle.done(argmax_canvas) or converged
+            raise ValueError(f"unknown sampler policy {schedule.policy!r}")
+        converged = settle.done(state.argmax) or done
         self_conditioning = logits
         if on_step is not None:
-            on_step(steps, argmax_canvas)
+            on_step(steps, state.argmax)
         if converged:
             break
         if should_stop():
@@ -143,15 +121,66 @@ def denoise_canvas(
         if deadline is not None and time.monotonic() >= deadline:
             break
     logprobs = None if raw_logits is None else torch.log_softmax(
-        raw_logits.float(), dim=-1).gather(-1, argmax_canvas[..., None])[..., 0]  # [1, L]
-    return CanvasResult(argmax_canvas, steps, stopped, converged, (time.perf_counter() - start) * 1000, logprobs)
+        raw_logits.float(), dim=-1).gather(-1, state.argmax[..., None])[..., 0]  # [1, L]
+    return CanvasResult(state.argmax, steps, stopped, converged, (time.perf_counter() - start) * 1000, logprobs,
+                        None if raw_logits is None else raw_logits[0])
+
+
+def _entropy_bound_step(state: _Canvas, logits: torch.Tensor, sample: SampleFn, schedule: Schedule,
+                        eos_ids: frozenset[int], generator: torch.Generator | None, vocab_size: int,
+                        history: torch.Tensor, pad: torch.Tensor) -> bool:
+    """DiffusionGemma's step: a sample at the accepted (lowest-entropy) positions, noise everywhere else; True
+    when transformers' stable-and-confident rule ends the canvas."""
+    sampled, entropy = sample(logits, generator)  # [1, L] each
+    state.argmax = torch.argmax(logits, dim=-1)
+    accepted = entropy_bounded_accept(entropy, schedule.entropy_bound)
+    noise = uniform_noise(tuple(state.tokens.shape), vocab_size, generator, logits.device)
+    pinned = state.tokens[:, : state.held].clone()
+    tokens = torch.where(accepted, sampled, state.tokens)
+    tokens = torch.where(~accepted, noise, tokens)
+    tokens[:, : state.held] = pinned
+    state.argmax[:, : state.held] = pinned
+    if schedule.eos_freeze:
+        ends = [i for i in (accepted[0] & _is_eos(sampled[0], eos_ids)).nonzero().flatten().tolist() if i >= state.held]
+        state.end = min([state.end, *(i + 1 for i in ends)])
+        tokens[:, state.end:] = pad
+        state.argmax[:, state.end:] = pad
+        entropy = entropy[:, : state.end]
+    state.tokens = tokens
+    return _stable_and_confident(history, state.argmax, entropy, schedule.stability_threshold,
+                                 schedule.confidence_threshold)
+
+
+def _prefix_step(state: _Canvas, raw_logits: torch.Tensor, eos_ids: frozenset[int], threshold: float,
+                 generator: torch.Generator | None, vocab_size: int, pad: torch.Tensor) -> bool:
+    """Commit the leading run the decoder is sure of (`prefix_accept`) and hold it; noise the rest. The block
+    ends at a committed EOS: the tail becomes padding. True once every position is committed."""
+    best_probability, best = torch.softmax(raw_logits.float(), dim=-1).max(dim=-1)  # [1, L] each
+    committed = prefix_accept(best_probability[0].tolist(), state.held, threshold)
+    run = best[0, state.held:committed].tolist()
+    eos_at = next((state.held + i for i, token in enumerate(run) if token in eos_ids), None)
+    if eos_at is not None:
+        committed = state.end = eos_at + 1
+    tokens = state.tokens.clone()
+    tokens[0, state.held:committed] = best[0, state.held:committed]
+    tokens[0, state.end:] = pad
+    noise = uniform_noise((1, state.end - committed), vocab_size, generator, raw_logits.device)
+    tokens[0, committed:state.end] = noise
+    state.argmax = tokens.clone()
+    state.argmax[0, committed:state.end] = best[0, committed:state.end]
+    state.tokens, state.held = tokens, committed
+    return state.held >= state.end
+
+
+def _is_eos(tokens: torch.Tensor, eos_ids: frozenset[int]) -> torch.Tensor:
+    return torch.isin(tokens, torch.tensor(sorted(eos_ids), dtype=tokens.dtype, device=tokens.device))
 
 
 class _Settle:
     """The canvas has settled when its argmax up to and including the first EOS (all of it when there is none)
-    is the same for `steps` steps in a row; 0 (or None, unresolved) never settles."""
+    is the same for `steps` steps in a row; 0 never settles."""
 
-    def __init__(self, steps: int | None, eos_ids: frozenset[int]):
+    def __init__(self, steps: int, eos_ids: frozenset[int]):
         self.steps, self.eos_ids = steps, eos_ids
         self.last: list[int] | None = None
         self.unchanged = 0
@@ -167,14 +196,13 @@ class _Settle:
         return self.unchanged >= self.steps
 
 
-def _stable_and_confident(
-    history: torch.Tensor, argmax_canvas: torch.Tensor, entropy: torch.Tensor, settings: SamplerSettings
-) -> bool:
+def _stable_and_confident(history: torch.Tensor, argmax_canvas: torch.Tensor, entropy: torch.Tensor,
+                          stability_threshold: int, confidence_threshold: float) -> bool:
     """transformers' StableAndConfidentStoppingCriteria; `history` is updated in place."""
-    if settings.stability_threshold == 0:
+    if stability_threshold == 0:
         stable = True
     else:
         stable = bool((history == argmax_canvas[None]).all())
         history[:-1] = history[1:].clone()
         history[-1] = argmax_canvas
-    return stable and bool(entropy.mean() < settings.confidence_threshold)
+    return stable and bool(entropy.mean() < confidence_threshold)

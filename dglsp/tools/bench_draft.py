@@ -8,7 +8,7 @@ Two measurements, both decodings in one run on the same prompts:
 * quality — HumanEval function bodies drafted from the signature and docstring (the original
   HumanEval prompt, which is the prefix of each single-line-infilling problem at line 0), cut at
   the end of the function's block by the same post-processing the server uses, and executed
-  against the tests with `evaluate.run_program` (subprocess, timeout, resource limits).
+  against the tests with `humaneval.run_program` (subprocess, timeout, resource limits).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import cast
 
 import torch
 
@@ -27,7 +26,7 @@ from dglsp.completion.prompt import CursorContext, PromptBuilder
 from dglsp.config import EngineSettings, SamplerSettings, Settings
 from dglsp.model.engine import Engine
 from dglsp.model.loading import load_engine
-from dglsp.tools.eval_humaneval import Problem, load_problems, program_for, run_program
+from dglsp.tools.humaneval import Problem, load_problems, program_for, run_program
 
 LENGTHS = (128, 256, 512)
 
@@ -67,8 +66,11 @@ def body_problems(limit: int) -> list[Problem]:
 
 def speed(engine: Engine, builder: PromptBuilder, prompts: list[str], length: int, sampler: SamplerSettings
           ) -> list[SpeedRow]:
-    canvases = max(1, length // sampler.canvas_length)
-    forced = replace(sampler, max_canvases=canvases)
+    canvas_length = sampler.canvas_length or engine.defaults.canvas_length
+    canvases = max(1, length // canvas_length)
+    forced = engine.schedule(replace(sampler, decoding="diffusion", max_canvases=canvases))
+    token_by_token = engine.schedule(replace(sampler, decoding="autoregressive", canvas_length=canvas_length,
+                                             max_canvases=canvases))
     diffusion, autoregressive = [], []
     for prompt in prompts:
         ids = builder.build(CursorContext(prompt, "\n", "solution.py", "python")).ids
@@ -81,12 +83,12 @@ def speed(engine: Engine, builder: PromptBuilder, prompts: list[str], length: in
         begin = time.perf_counter()
         result = engine.generate(ids, forced, on_canvas=on_canvas)
         diffusion.append((result, (commits[0] - begin) * 1000 if commits else result.stats.total_ms))
-        baseline = engine.generate_autoregressive(ids, canvases * sampler.canvas_length)
-        per_token = baseline.stats.decode_ms / max(1, len(baseline.token_ids))
-        first_ms = baseline.stats.prefill_ms + per_token * min(sampler.canvas_length, len(baseline.token_ids))
+        baseline = engine.generate(ids, token_by_token)
+        per_token = (baseline.stats.total_ms - baseline.stats.prefill_ms) / max(1, len(baseline.token_ids))
+        first_ms = baseline.stats.prefill_ms + per_token * min(canvas_length, len(baseline.token_ids))
         autoregressive.append((baseline, first_ms))
-    return [_speed_row("block diffusion", canvases * sampler.canvas_length, diffusion),
-            _speed_row("token-by-token", canvases * sampler.canvas_length, autoregressive)]
+    return [_speed_row("block diffusion", canvases * canvas_length, diffusion),
+            _speed_row("token-by-token", canvases * canvas_length, autoregressive)]
 
 
 def _speed_row(decoding: str, tokens: int, runs: list) -> SpeedRow:
@@ -124,8 +126,9 @@ def _autoregressive_draft(completer: Completer, settings: Settings, context: Cur
     from dglsp.completion.postprocess import postprocess
 
     prompt = PromptBuilder(completer.tokenizer, completer.format, settings.context).build(context)
-    engine = cast(Engine, completer.engine)  # `run` builds the completer on a local engine
-    result = engine.generate_autoregressive(prompt.ids, settings.draft.max_tokens)
+    schedule = completer.backend.schedule(replace(settings.sampler, decoding="autoregressive",
+                                                  canvas_length=settings.draft.max_tokens))
+    result = completer.backend.generate(prompt.ids, schedule)
     post = replace(settings.postprocess, multiline=True, mid_block=True, max_lines=settings.draft.max_lines)
     return postprocess(completer.decode(result.token_ids), prompt.context, post) or "", result.stats.forward_passes
 
@@ -163,12 +166,12 @@ def run(args: argparse.Namespace) -> int:
     settings, warnings = Settings().updated(options)
     if warnings:
         raise SystemExit("; ".join(warnings))
-    canvas_length = engine.default_canvas_length  # the model's config's canvas_length
+    canvas_length = engine.defaults.canvas_length  # the model's config's canvas_length
     settings = replace(settings, sampler=replace(settings.sampler, canvas_length=canvas_length))
     completer = Completer(bundle, engine)
     # Speed is measured at fixed lengths: an engine that does not stop at EOS (like vLLM's ignore_eos).
-    forced = Engine(bundle)
-    forced.eos_ids = set()
+    forced = Engine(engine.model, bundle)
+    forced.eos_ids = frozenset()
     builder = PromptBuilder(bundle.tokenizer, completer.format, settings.context)
     problems = body_problems(max(args.prompts, args.problems))
     prompts = [p.prompt for p in problems[: args.prompts]]

@@ -24,8 +24,10 @@ from transformers import DiffusionGemmaForBlockDiffusion
 from dglsp.completion.metrics import memory_mb
 from dglsp.config import LatencySettings, SamplerSettings
 from dglsp.errors import DeviceOutOfMemoryError
+from dglsp.model.backend import ModelBundle
 from dglsp.model.engine import Engine
-from dglsp.model.loading import ModelBundle, pick_device, pick_dtype
+from dglsp.model.loading import pick_device, pick_dtype
+from dglsp.model.schedule import ModelDefaults
 from dglsp.tools import modelzoo
 
 REPEATS = 3
@@ -46,8 +48,8 @@ def build(config_file: Path, scaled: bool, device: torch.device, dtype: torch.dt
 
 def engine_for(model: DiffusionGemmaForBlockDiffusion, device: torch.device, compiled: bool) -> Engine:
     tokenizer = modelzoo.gemma4_like_tokenizer(["def f(x):\n    return x + 1\n"] * 4, merges_vocab=300)
-    bundle = ModelBundle(model, tokenizer, {}, Path("random-weights"), device)
-    return Engine(bundle, LatencySettings(prefix_cache=False, compile_decoder=compiled))
+    bundle = ModelBundle(tokenizer, {}, Path("random-weights"), device, ModelDefaults(canvas_length=32))
+    return Engine(model, bundle, LatencySettings(prefix_cache=False, compile_decoder=compiled))
 
 
 def time_prefill(engine: Engine, tokens: int, vocab: int) -> float:
@@ -58,7 +60,7 @@ def time_prefill(engine: Engine, tokens: int, vocab: int) -> float:
     for _ in range(REPEATS):
         stats = GenerationStats()
         _sync(engine.device)
-        engine.prefill(prompt, stats)
+        engine.prepare_prompt(prompt, stats)
         _sync(engine.device)
         samples.append(stats.prefill_ms)
     return statistics.median(samples[1:] if len(samples) > 1 else samples)
@@ -67,11 +69,11 @@ def time_prefill(engine: Engine, tokens: int, vocab: int) -> float:
 def time_step(engine: Engine, canvas: int, prompt_tokens: int, vocab: int, steps: int) -> float:
     """Milliseconds per denoising step at `canvas` (after one warm-up generation of the same shape)."""
     prompt = torch.randint(300, vocab, (prompt_tokens,)).tolist()
-    sampler = SamplerSettings(canvas_length=canvas, max_steps=steps, seed=0, verify=False, settle_steps=0,
-                              confidence_threshold=1e-12)
-    engine.generate(prompt, sampler)  # warm-up: kernel choice, compilation, allocation
+    schedule = engine.schedule(SamplerSettings(canvas_length=canvas, max_steps=steps, seed=0, decoding="diffusion",
+                                               settle_steps=0, confidence_threshold=1e-12))
+    engine.generate(prompt, schedule)  # warm-up: kernel choice, compilation, allocation
     _sync(engine.device)
-    generation = engine.generate(prompt, replace(sampler, seed=1))
+    generation = engine.generate(prompt, replace(schedule, seed=1))
     return generation.stats.ms_per_step
 
 
@@ -84,12 +86,12 @@ def oom_check(engine: Engine, vocab: int) -> dict:
     prompt = torch.randint(300, vocab, (1024,)).tolist()
     outcome = "no out-of-memory error"
     try:
-        engine.generate(prompt, SamplerSettings(canvas_length=256, max_steps=2, seed=0))
+        engine.generate(prompt, engine.schedule(SamplerSettings(canvas_length=256, max_steps=2, seed=0)))
     except DeviceOutOfMemoryError as exc:
         outcome = f"reported: {exc}"
     del ballast
     torch.cuda.empty_cache()
-    after = engine.generate(prompt, SamplerSettings(canvas_length=32, max_steps=2, seed=0))
+    after = engine.generate(prompt, engine.schedule(SamplerSettings(canvas_length=32, max_steps=2, seed=0)))
     return {"under_pressure": outcome, "serves_after": after.stats.steps == 2}
 
 
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         engine = eager if mode == "eager" else engine_for(model, device, compiled=True)
         result[f"step_ms_{mode}"] = {str(canvas): round(time_step(engine, canvas, context, vocab, args.steps or 4), 2)
                                      for canvas in canvases}
-    result["fused_sampling"] = eager.fused_sampling
+    result["sampling"] = eager.sampling
     if args.oom_check:
         result["oom"] = oom_check(eager, vocab)
     result["peak_memory_gb"] = _peak_gb(device)

@@ -297,18 +297,22 @@ def side_by_side(args: argparse.Namespace, contexts: list[tuple[str, int, str]],
     completer = Completer(bundle, engine)
     builder = PromptBuilder(bundle.tokenizer, completer.format, settings.context)
     sampler = replace(settings.sampler, canvas_length=args.tokens, seed=args.seed)
+
+    def schedule(decoding: str):
+        return engine.schedule(replace(sampler, decoding=decoding))
+
     picked = contexts[:: max(1, len(contexts) // args.completions)][: args.completions]
     rows: dict[str, list[float]] = {k: [] for k in ("diffusion_ms", "diffusion_fp", "diffusion_tokens", "ar_ms",
                                                     "ar_fp", "ar_tokens", "verified_ms", "verified_fp",
                                                     "verified_tokens", "verified_accepted", "ms_per_step", "cold_ms",
                                                     "warm_ms", "prompt_tokens")}
-    engine.generate(builder.build(completer.context_at(*picked[0][:2], settings)).ids, sampler)  # warm-up
+    engine.generate(builder.build(completer.context_at(*picked[0][:2], settings)).ids, schedule("diffusion"))  # warm
     for text, offset, path in picked:
         context = completer.context_at(text, offset, settings, path, "python")
         ids = builder.build(context).ids
-        diffusion = engine.generate(ids, replace(sampler, verify=False))
-        autoregressive = engine.generate_autoregressive(ids, max_new_tokens=args.tokens)
-        verified = engine.generate(ids, replace(sampler, verify=True))
+        diffusion = engine.generate(ids, schedule("diffusion"))
+        autoregressive = engine.generate(ids, schedule("autoregressive"))
+        verified = engine.generate(ids, schedule("verified"))
         rows["verified_accepted"].append(verified.stats.accepted_per_verification)
         for prefix, generation in (("diffusion", diffusion), ("ar", autoregressive), ("verified", verified)):
             rows[f"{prefix}_ms"].append(generation.stats.total_ms)
@@ -321,9 +325,9 @@ def side_by_side(args: argparse.Namespace, contexts: list[tuple[str, int, str]],
                                                     "python")).ids
         cold, warm = GenerationStats(), GenerationStats()
         engine.prefix_cache.clear()
-        engine.prefill(ids, cold)
-        engine.prefill(before, GenerationStats(), cache_key="bench")
-        engine.prefill(ids, warm, cache_key="bench")
+        engine.prepare_prompt(ids, cold)
+        engine.prepare_prompt(before, GenerationStats(), cache_key="bench")
+        engine.prepare_prompt(ids, warm, cache_key="bench")
         rows["cold_ms"].append(cold.prefill_ms)
         rows["warm_ms"].append(warm.prefill_ms)
     return {key: statistics.fmean(values) for key, values in rows.items() if values} | {"completions": len(picked)}
@@ -359,7 +363,7 @@ def summarize(log: SessionLog, stats: dict, compare: dict | None, args: argparse
                                       + stats["forward_passes_wasted"]) / stats["shown"]) if stats["shown"] else None,
         "forward_passes_shown": stats["forward_passes_shown"], "forward_passes_empty": stats["forward_passes_empty"],
         "forward_passes_wasted": stats["forward_passes_wasted"],
-        "forward_passes_speculative": stats["forward_passes_speculative"],
+        "forward_passes_prefetch": stats["forward_passes_prefetch"],
         "shown": stats["shown"], "typing_through_served": stats["typing_through_served"],
         "prefix_cache_hit_rate": prefix.get("hit_rate"),
         "prefix_tokens_reused": prefix.get("reused_tokens"), "prefix_tokens_encoded": prefix.get("encoded_tokens"),
@@ -397,7 +401,7 @@ def print_table(result: dict) -> None:
         ("forward passes: shown / empty / wasted (cancelled)", f"{result['forward_passes_shown']} / "
                                                               f"{result['forward_passes_empty']} / "
                                                               f"{result['forward_passes_wasted']}"),
-        ("forward passes: speculative", result["forward_passes_speculative"]),
+        ("forward passes: prefetch", result["forward_passes_prefetch"]),
         ("prefix-cache hit rate (tokens reused / encoded)", f"{_fmt(result['prefix_cache_hit_rate'])} "
                                                             f"({result['prefix_tokens_reused']} / "
                                                             f"{result['prefix_tokens_encoded']})"),
@@ -440,7 +444,7 @@ def server_settings(args: argparse.Namespace) -> dict:
     options: dict = {"context": {"max_prefix_tokens": args.context_tokens - suffix_tokens,
                                  "max_suffix_tokens": suffix_tokens}}
     if args.baseline:
-        options["latency"] = {"prefix_cache": False, "typing_through": False, "speculative": False}
+        options["latency"] = {"prefix_cache": False, "typing_through": False, "prefetch": False}
     for section, values in (json.loads(args.settings) if args.settings else {}).items():
         options.setdefault(section, {}).update(values)
     return options

@@ -28,8 +28,8 @@ in the manifest under the first one that drops it:
 Finally no package but the standard library may exceed `MAX_PACKAGE_SHARE` of the corpus bytes (and an optional
 absolute `max_package_bytes`); a capped package keeps a seeded random sample of its files.
 
-Public entry points: `build(...) -> Corpus` (files, entries, drop counts; `Corpus.manifest()`), the older
-`build_corpus(...) -> (files, entries)`, `count_tokens`, `manifest`, `save_files` and `load_files`.
+Public entry points: `build(...) -> Corpus` (files, entries, drop counts; `Corpus.manifest()`), `count_tokens`,
+`manifest`, `save_files` and `load_files`.
 """
 
 from __future__ import annotations
@@ -738,13 +738,6 @@ def build(packages_dir: Path | None = DEFAULT_PACKAGES_DIR, *, pinned: Path | No
         f"(cap {cap} bytes a package) in {result.seconds:.0f} s; dropped {result.dropped}; "
         f"{result.heldout_single_window} files share one held-out window (kept)")
     return result
-
-
-def build_corpus(max_package_bytes: int | None = None, log: Callable[[str], None] = print, **options
-                 ) -> tuple[list[SourceFile], list[PackageEntry]]:
-    """`build(...)`'s files and entries (the older interface); `options` go to `build`."""
-    result = build(max_package_bytes=max_package_bytes, log=log, **options)
-    return result.files, result.entries
 
 
 def count_tokens(files: list[SourceFile], entries: list[PackageEntry], tokenizer: PreTrainedTokenizerBase,

@@ -1,14 +1,15 @@
-"""`dglsp eval`: HumanEval-Infilling pass@1 by execution, for both decodings of the same weights.
+"""`dglsp eval`: HumanEval-Infilling pass@1 by execution, for the three decodings of the same weights.
 
-Contract: `main_eval(argv)` loads a model directory through `engine.load_bundle` (the
-serving path), builds each problem's prompt with `prompt.PromptBuilder`, completes the
-middle twice — block diffusion through the canvas (`Engine.generate`) and greedy
-token-by-token decoding through the encoder's LM head (`Engine.generate_autoregressive`) —
-and runs prompt + completion + suffix + tests in a sandboxed subprocess (`run_program`).
-Rows report pass@1, exact match, forward passes and milliseconds per completion.
-Scoring reads outputs from a `Source`: the model (`model_source`), or the outputs an
-earlier run saved with `--save-outputs` (`recorded_source`, `--rescore`), so a change to
-post-processing is measured again on the same generations without running a model.
+Contract: `run(args)` loads a model directory through `dglsp.model.loading.load_engine` (the serving path),
+builds each problem's prompt with `PromptBuilder`, and completes the middle with each named decoding of
+`dglsp.model.decoding` (block diffusion through the canvas, verified and speculative decoding, greedy
+token-by-token decoding through the encoder), every unset schedule value the model's own. Prompt +
+completion + suffix + tests then run in the sandbox of
+`dglsp.tools.humaneval`. Rows report pass@1, exact match, forward passes and milliseconds per completion.
+Scoring reads outputs from a `Source`: the model (`model_source`), or the outputs an earlier run saved with
+`--save-outputs` (`recorded_source`, `--rescore`), so a change to post-processing is measured again on the
+same generations without running a model. `--record` writes the result into the model directory: eval.json,
+and the pass@1 of its training log and model card (`dglsp.tools.model_card`).
 
 The completion is post-processed the way an editor would insert it, and only that way: cut
 at EOS (the engine already does), single-line problems keep the first line, and a
@@ -18,56 +19,32 @@ completion that ends mid-line gets its newline back (the suffix starts at a line
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
-import resource
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from dglsp.completion.completer import Completer
 from dglsp.completion.confidence import confidence, covering_count
+from dglsp.completion.edits import Edit
 from dglsp.completion.postprocess import FILTERS, postprocess_edit
 from dglsp.completion.prompt import CursorContext, PromptBuilder
-from dglsp.config import ContextSettings, EngineSettings, PostprocessSettings, SamplerSettings
-from dglsp.model.backend import Generation
+from dglsp.config import ContextSettings, Decoding, EngineSettings, PostprocessSettings, SamplerSettings
+from dglsp.model.decoding import DECODINGS
 from dglsp.model.engine import Engine
 from dglsp.model.loading import load_engine
+from dglsp.model.schedule import Schedule
 from dglsp.tools.corpus import HUMAN_EVAL_DIR
+from dglsp.tools.humaneval import Problem, check_completion, is_exact, load_problems
+from dglsp.tools.model_card import record_eval, write_model_card
 
-BENCHMARKS = {
-    "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
-    "multi-line": "HumanEval-MultiLineInfilling.jsonl.gz",
-    "random-span": "HumanEval-RandomSpanInfillingLight.jsonl.gz",
-}
-MEMORY_LIMIT_BYTES = 1 << 30
-OUTPUT_LIMIT_BYTES = 10 << 20
 PROBLEM_PATH = "solution.py"  # the `<|file|>` header every problem is shown under
-
-
-@dataclass(frozen=True)
-class Problem:
-    task_id: str
-    prompt: str  # code before the gap
-    suffix: str  # code after the gap
-    canonical_solution: str
-    test: str
-    entry_point: str
-
-
-@dataclass(frozen=True)
-class ExecutionResult:
-    passed: bool
-    status: str  # "passed" | "failed" | "timeout"
-    detail: str = ""
 
 
 @dataclass
@@ -83,6 +60,7 @@ class Row:
     # How many completions averaged each number of denoising steps per canvas (rounded): the stop rule at work.
     steps_distribution: dict[int, int] = field(default_factory=dict)
     accepted_per_verification: float = 0.0  # verified decoding: tokens each encoder check committed
+    tokens_per_pass: float = 0.0  # generated tokens per forward pass after the prompt's (all problems pooled)
 
     @property
     def pass_at_1(self) -> float:
@@ -97,60 +75,7 @@ class Row:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Problems and the execution harness
-
-
-def load_problems(benchmark: str, data_dir: Path = HUMAN_EVAL_DIR, limit: int = 0) -> list[Problem]:
-    """Problems of one benchmark; with `limit`, evenly spaced across it (so every HumanEval task can appear)."""
-    path = data_dir / BENCHMARKS[benchmark]
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        problems = [Problem(**json.loads(line)) for line in handle]
-    if limit and limit < len(problems):
-        stride = len(problems) / limit
-        problems = [problems[int(i * stride)] for i in range(limit)]
-    return problems
-
-
-def program_for(problem: Problem, completion: str) -> str:
-    """The upstream harness's program (prompt + completion + suffix + test + check call), run for real here."""
-    return (problem.prompt + completion + problem.suffix + "\n" + problem.test + "\n"
-            + f"check({problem.entry_point})\n")
-
-
-def _limit_resources(timeout_s: float) -> None:
-    # Runs in the child before exec: a runaway completion can neither eat the machine's memory,
-    # fill its disk, nor spin past the timeout even if the parent dies.
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT_BYTES, OUTPUT_LIMIT_BYTES))
-    cpu = int(timeout_s) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def run_program(source: str, timeout_s: float = 10.0) -> ExecutionResult:
-    """Execute `source` with `python -I` in a fresh temporary directory, a timeout and resource limits."""
-    with tempfile.TemporaryDirectory(prefix="dglsp-eval-") as workdir:
-        script = Path(workdir) / "program.py"
-        script.write_text(source, encoding="utf-8")
-        env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-        process = subprocess.Popen(
-            [sys.executable, "-I", str(script)], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            preexec_fn=lambda: _limit_resources(timeout_s),
-        )
-        try:
-            _, stderr = process.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the whole session: the program may have forked
-            process.communicate()
-            return ExecutionResult(False, "timeout")
-    if process.returncode == 0:
-        return ExecutionResult(True, "passed")
-    return ExecutionResult(False, "failed", stderr.decode("utf-8", "replace")[-500:])
-
-
-def check_completion(problem: Problem, completion: str, timeout_s: float = 10.0) -> ExecutionResult:
-    return run_program(program_for(problem, completion), timeout_s)
+# Post-processing
 
 
 def postprocess(text: str, problem: Problem, single_line: bool) -> str:
@@ -169,14 +94,7 @@ def pipeline_completion(decoded: str, problem: Problem, variant: str = "pipeline
     skip = frozenset({variant.removeprefix("pipeline-")}) if variant.startswith("pipeline-") else frozenset()
     context = CursorContext(problem.prompt, "\n" + problem.suffix, PROBLEM_PATH, "python")
     edit = postprocess_edit(decoded, context, PostprocessSettings(), skip=skip)
-    return (edit.text if edit else "") + "\n"
-
-
-def is_exact(completion: str, problem: Problem) -> bool:
-    def normal(text: str) -> list[str]:
-        return [line.rstrip() for line in text.strip("\n").splitlines()]
-
-    return normal(completion) == normal(problem.canonical_solution)
+    return (edit.text if isinstance(edit, Edit) else "") + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -186,7 +104,7 @@ def is_exact(completion: str, problem: Problem) -> bool:
 @dataclass(frozen=True)
 class EvalOptions:
     benchmarks: tuple[str, ...] = ("single-line", "multi-line")
-    decodings: tuple[str, ...] = ("diffusion", "autoregressive", "verified")
+    decodings: tuple[str, ...] = ("diffusion", "autoregressive", "verified")  # names in the decoding registry
     limit: int = 0
     data_dir: Path = HUMAN_EVAL_DIR
     max_canvases_multi_line: int = 2
@@ -196,15 +114,18 @@ class EvalOptions:
     calibrate: bool = False  # record (confidence of the pipeline's text, its outcome) per completion
 
 
-def complete(engine: Engine, decoding: str, prompt_ids: list[int], sampler: SamplerSettings) -> tuple[Generation, int]:
-    """One completion and its forward passes (encoder calls + decoder calls over canvases)."""
-    if decoding in ("diffusion", "verified"):
-        generation = engine.generate(prompt_ids, replace(sampler, verify=decoding == "verified"))
-        return generation, generation.stats.steps + generation.stats.encoder_passes
-    if decoding == "autoregressive":
-        generation = engine.generate_autoregressive(prompt_ids, sampler.canvas_length * sampler.max_canvases)
-        return generation, generation.stats.encoder_passes  # every token is one encoder pass
-    raise ValueError(f"unknown decoding {decoding!r}")
+def schedules(engine: Engine, sampler: SamplerSettings, benchmark: str, decoding: str,
+              options: EvalOptions) -> Schedule:
+    """The schedule a (benchmark, decoding) runs with: the user's overrides, else the model's own; a single line
+    gets the line canvas, as ghost text does."""
+    if decoding not in DECODINGS:
+        raise SystemExit(f"dglsp eval: unknown decoding {decoding!r} (known: {', '.join(DECODINGS)})")
+    canvases = 1 if benchmark == "single-line" else options.max_canvases_multi_line
+    schedule = engine.schedule(replace(sampler, decoding=cast(Decoding, decoding), max_canvases=canvases,
+                                       seed=options.seed))
+    line = sampler.line_canvas_length or engine.defaults.line_canvas_length
+    return schedule.with_canvas(min(line, schedule.canvas_length)) if line and benchmark == "single-line" \
+        else schedule
 
 
 @dataclass(frozen=True)
@@ -220,31 +141,32 @@ class Output:
     accepted: int = 0
     logprobs: list[float] | None = None  # per generated token (see completion/confidence.py)
     text_lengths: list[int] | None = None  # [k]: length of the first k tokens' text, trailing space stripped
+    tokens: int = 0  # generated tokens
+    decoding_passes: int = 0  # forward passes after the prompt's
 
 
 # (benchmark, decoding, problem) -> its output; a model run, or outputs recorded by an earlier run.
 Source = Callable[[str, str, Problem], Output]
 
 
-def model_source(engine: Engine, builder: PromptBuilder, base_sampler: SamplerSettings, options: EvalOptions,
+def model_source(engine: Engine, builder: PromptBuilder, sampler: SamplerSettings, options: EvalOptions,
                  decode: Callable[[list[int]], str]) -> Source:
     """Outputs of the model: each decoding warmed up once (untimed: first calls allocate)."""
     warmed: set[tuple[str, str]] = set()
 
     def generate(benchmark: str, decoding: str, problem: Problem) -> Output:
-        canvases = 1 if benchmark == "single-line" else options.max_canvases_multi_line
-        sampler = replace(base_sampler, max_canvases=canvases, seed=options.seed)
+        schedule = schedules(engine, sampler, benchmark, decoding, options)
         prompt_ids = builder.build(CursorContext(problem.prompt, problem.suffix, path=PROBLEM_PATH)).ids
         if (benchmark, decoding) not in warmed:
-            complete(engine, decoding, prompt_ids, sampler)
+            engine.generate(prompt_ids, schedule)
             warmed.add((benchmark, decoding))
         begin = time.perf_counter()
-        generation, passes = complete(engine, decoding, prompt_ids, sampler)
+        generation = engine.generate(prompt_ids, schedule)
         ms = (time.perf_counter() - begin) * 1000
         ids, stats = generation.token_ids, generation.stats
         lengths = [len(decode(ids[:count]).rstrip()) for count in range(len(ids) + 1)] if options.calibrate else None
-        return Output(decode(ids), passes, ms, stats.steps, stats.canvases, stats.verifications,
-                      stats.accepted_tokens, generation.token_logprobs, lengths)
+        return Output(decode(ids), stats.forward_passes, ms, stats.steps, stats.canvases, stats.verifications,
+                      stats.accepted_tokens, generation.token_logprobs, lengths, len(ids), stats.decoding_passes)
 
     return generate
 
@@ -280,6 +202,7 @@ def evaluate(source: Source, options: EvalOptions, log: Callable[[str], None] = 
             blank_floor = blank / len(problems)
         for decoding in options.decodings:
             row = Row(decoding, benchmark, problems=len(problems))
+            tokens = passes = 0
             names = ("pipeline", *(f"pipeline-{name}" for name in FILTERS)) if options.pipeline else ()
             extra = {name: Row(f"{decoding}+{name}", benchmark, problems=len(problems)) for name in names}
             for problem in problems:
@@ -294,6 +217,7 @@ def evaluate(source: Source, options: EvalOptions, log: Callable[[str], None] = 
                     bucket = round(output.steps / output.canvases)
                     row.steps_distribution[bucket] = row.steps_distribution.get(bucket, 0) + 1
                 row.accepted_per_verification += output.accepted / max(1, output.verifications) / len(problems)
+                tokens, passes = tokens + output.tokens, passes + output.decoding_passes
                 if options.calibrate:
                     calibration.setdefault(decoding, {}).setdefault(benchmark, []).append(
                         calibration_point(output, problem, options.timeout_s))
@@ -306,6 +230,7 @@ def evaluate(source: Source, options: EvalOptions, log: Callable[[str], None] = 
                 row.passed += result.passed
                 row.exact += is_exact(text, problem)
                 log(f"{decoding} {problem.task_id} {result.status}: {text!r}")
+            row.tokens_per_pass = tokens / passes if passes else 0.0
             rows.append(row)
             for variant_row in extra.values():
                 variant_row.forward_passes, variant_row.ms_per_completion = row.forward_passes, row.ms_per_completion
@@ -327,7 +252,7 @@ def calibration_point(output: Output, problem: Problem, timeout_s: float) -> lis
             is_exact(shown, problem)]
 
 
-def cold_latency_ms(engine: Engine, builder: PromptBuilder, sampler: SamplerSettings, prompt_tokens: int = 1000
+def cold_latency_ms(engine: Engine, builder: PromptBuilder, schedule: Schedule, prompt_tokens: int = 1000
                     ) -> dict:
     """One single-canvas completion with a ~1k-token context, on a fresh cache (nothing reused)."""
     import sysconfig
@@ -337,19 +262,20 @@ def cold_latency_ms(engine: Engine, builder: PromptBuilder, sampler: SamplerSett
     cursor = source.index("    def parse_known_args")
     prompt = PromptBuilder(builder.tokenizer, builder.format, settings).build(
         CursorContext(source[:cursor], source[cursor:], path="argparse.py"))
-    engine.generate(prompt.ids, replace(sampler, max_canvases=1, seed=0))  # warm-up
-    generation = engine.generate(prompt.ids, replace(sampler, max_canvases=1, seed=1))
+    engine.generate(prompt.ids, replace(schedule, max_canvases=1, seed=0))  # warm-up
+    generation = engine.generate(prompt.ids, replace(schedule, max_canvases=1, seed=1))
     return {"prompt_tokens": len(prompt.ids), "ms": round(generation.stats.total_ms, 1),
             "steps": generation.stats.steps}
 
 
 def render(result: dict) -> str:
     lines = [f"{'decoding':<28} {'benchmark':<12} {'n':>5} {'pass@1':>7} {'exact':>6} {'fwd':>6} {'ms':>8} "
-             f"{'steps/canvas':>12} {'tok/verify':>10}"]
+             f"{'steps/canvas':>12} {'tok/verify':>10} {'tok/pass':>8}"]
     for row in result["rows"]:
         lines.append(f"{row['decoding']:<28} {row['benchmark']:<12} {row['problems']:>5} {row['pass_at_1']:>7.3f} "
                      f"{row['exact_match']:>6.3f} {row['forward_passes']:>6.1f} {row['ms_per_completion']:>8.0f} "
-                     f"{row.get('steps_per_canvas', 0):>12.2f} {row.get('accepted_per_verification', 0):>10.2f}")
+                     f"{row.get('steps_per_canvas', 0):>12.2f} {row.get('accepted_per_verification', 0):>10.2f} "
+                     f"{row.get('tokens_per_pass', 0):>8.2f}")
     if result.get("blank_floor") is not None:
         lines.append(f"blank-line floor (single-line): {result['blank_floor']:.3f}")
     if result.get("cold_latency"):
@@ -385,33 +311,39 @@ def run(args: argparse.Namespace) -> int:
     bundle, engine = load_engine(EngineSettings(model=args.model, device=args.device, threads=args.threads))
     completer = Completer(bundle, engine)  # the serving path's prompt format and decoding of the output
     builder = PromptBuilder(bundle.tokenizer, completer.format, ContextSettings())
-    sampler = SamplerSettings(**bundle.meta.get("sampler", {"canvas_length": engine.default_canvas_length}))
-    if args.canvas_length:
-        sampler = replace(sampler, canvas_length=args.canvas_length)
-    for name in ("verify_steps", "settle_steps", "entropy_bound", "t_max", "t_min"):
-        if getattr(args, name) is not None:
-            sampler = replace(sampler, **{name: getattr(args, name)})
-    # The schedule the engine would take (the model's own where unset), so eval.json records what ran.
-    sampler = engine.resolved(replace(sampler, max_steps=args.max_steps or sampler.max_steps))
+    sampler = sampler_overrides(args)
     outputs: list[dict] | None = [] if args.save_outputs else None
     result = evaluate(model_source(engine, builder, sampler, options, completer.decode), options, log=log,
                       outputs=outputs)
     if outputs is not None:
         args.save_outputs.write_text("".join(json.dumps(entry) + "\n" for entry in outputs), encoding="utf-8")
+    # The schedule diffusion ran with (the model's own where unset), so eval.json records what ran.
+    schedule = schedules(engine, sampler, "multi-line", "diffusion", replace(options, max_canvases_multi_line=1))
     if not args.no_latency:
-        result["cold_latency"] = cold_latency_ms(engine, builder, sampler)
+        result["cold_latency"] = cold_latency_ms(engine, builder, schedule)
     # The load average says how far the timings can be trusted on a shared machine.
     result.update(command=command, model=str(bundle.path), device=_device_name(bundle.device, args.threads),
-                  sampler=asdict(sampler), load_average=[round(x, 1) for x in os.getloadavg()])
+                  sampler=asdict(schedule), load_average=[round(x, 1) for x in os.getloadavg()])
     print(json.dumps(result, indent=2) if args.json else render(result))
     if args.record:
         (bundle.path / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         if (bundle.path / "MANIFEST.json").is_file():
-            from dglsp.tools.train import record_eval, write_model_card
-
             record_eval(bundle.path, result)
             write_model_card(bundle.path)
     return 0
+
+
+SAMPLER_OVERRIDES = ("canvas_length", "line_canvas_length", "max_steps", "policy", "prefix_threshold", "eos_freeze",
+                     "verify_steps", "verify_mix", "settle_steps", "entropy_bound", "t_max", "t_min", "gate")
+
+
+def sampler_overrides(args: argparse.Namespace) -> SamplerSettings:
+    """The schedule values the command line sets; every other one (None) is the model's own."""
+    sampler = SamplerSettings(canvas_length=None)
+    for name in SAMPLER_OVERRIDES:
+        if getattr(args, name, None) is not None:
+            sampler = replace(sampler, **{name: getattr(args, name)})
+    return sampler
 
 
 def _device_name(device: torch.device, threads: int) -> str:

@@ -33,7 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dglsp.completion.postprocess import FILTERS, Edit, postprocess_edit
+from dglsp.completion.edits import Edit
+from dglsp.completion.postprocess import FILTERS, Dropped, postprocess_edit
 from dglsp.completion.prompt import CursorContext, cursor_windows
 from dglsp.completion.syntax import LANGUAGES, LanguageSpec, excess_closers, language_spec, parse_tree
 from dglsp.config import Settings
@@ -170,10 +171,8 @@ def _collect_block(text: str, start: int, end: int, found: list[tuple[int, int]]
 
 
 # -- scoring --------------------------------------------------------------------------------------
-def apply_edit(document: str, offset: int, edit: Edit | None) -> str:
-    if edit is None:
-        return document
-    return document[:offset] + edit.text + document[offset + edit.replace_chars:]
+def apply_edit(document: str, edit: Edit | None) -> str:
+    return document if edit is None else edit.apply(document)
 
 
 def _normal(text: str) -> str:
@@ -220,10 +219,10 @@ def score_variant(report: Report, variant: str, hole: Hole, original: str, docum
                   edit: Edit | None) -> None:
     spec = language_spec(hole.language_id)
     truth = original[hole.start:hole.end]
-    replaced = edit.replace_chars if edit else 0
+    replaced = edit.end - edit.start if edit else 0
     middle = edit.text if edit else ""
     truth_middle = truth + document[hole.start: hole.start + replaced]
-    exact = _normal(apply_edit(document, hole.start, edit)) == _normal(original)
+    exact = _normal(apply_edit(document, edit)) == _normal(original)
     similarity = edit_similarity(_normal(middle), _normal(truth_middle))
     over = bool(edit) and over_closes(spec, context, middle, replaced)
     repeat = bool(edit) and repeats_next_line(context, middle, truth)
@@ -242,10 +241,15 @@ def score_variant(report: Report, variant: str, hole: Hole, original: str, docum
 # -- running --------------------------------------------------------------------------------------
 def variants_of(raw: str, context: CursorContext, settings: Settings, full: Edit | None) -> dict[str, Edit | None]:
     """The same generation seen through post-processing off, on, and on without each filter."""
-    variants: dict[str, Edit | None] = {"raw": Edit(raw) if raw.strip() else None, "full": full}
+    variants: dict[str, Edit | None] = {
+        "raw": Edit(context.cursor, context.cursor, raw) if raw.strip() else None, "full": full}
     for name in FILTERS:
-        variants[f"-{name}"] = postprocess_edit(raw, context, settings.postprocess, skip=frozenset({name}))
+        variants[f"-{name}"] = _edit(postprocess_edit(raw, context, settings.postprocess, skip=frozenset({name})))
     return variants
+
+
+def _edit(found: Edit | Dropped) -> Edit | None:
+    return found if isinstance(found, Edit) else None
 
 
 def evaluate_repo(completer, repo: Path, settings: Settings, limit: int, per_kind: int, seed: int,
@@ -272,22 +276,22 @@ def evaluate_repo(completer, repo: Path, settings: Settings, limit: int, per_kin
         document = original[:hole.start] + original[hole.end:]
         if oracle_overrun is not None:
             context = CursorContext(*cursor_windows(document, hole.start, settings.context), hole.path,
-                                    hole.language_id)
+                                    hole.language_id, offset=hole.start)
             raw = original[hole.start: hole.end + oracle_overrun]
-            full = postprocess_edit(raw, context, settings.postprocess)
+            full = _edit(postprocess_edit(raw, context, settings.postprocess))
         else:
             context = completer.context_at(document, hole.start, settings, hole.path, hole.language_id)
             suggestion = completer.complete(context, settings)
             raw, context = suggestion.raw, suggestion.context or context
-            full = Edit(suggestion.text, suggestion.replace_chars) if suggestion.text is not None else None
-            exact = full is not None and _normal(apply_edit(document, hole.start, full)) == _normal(original)
+            full = suggestion.edit
+            exact = full is not None and _normal(apply_edit(document, full)) == _normal(original)
             report.calibration.append([suggestion.confidence if full else None, exact, exact])
         variants = variants_of(raw, context, settings, full)
         for variant, edit in variants.items():
             score_variant(report, variant, hole, original, document, context, edit)
         if tester is not None and index < test_limit and tester.baseline_ok:
             for variant in ("raw", "full"):
-                passed = tester.passes(hole.path, apply_edit(document, hole.start, variants[variant]))
+                passed = tester.passes(hole.path, apply_edit(document, variants[variant]))
 
                 def count(score: Score, passed: bool = passed) -> None:
                     score.tests_run += 1
@@ -380,8 +384,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_repo(completer, args.repo, settings, limit, args.per_kind, args.seed, kinds,
                            args.test_cmd, args.test_limit, args.test_timeout, log, args.oracle_overrun)
     if args.json:
-        decoding = "oracle" if completer is None else (
-            "verified" if completer.engine.resolved(settings.sampler).verify else "diffusion")
+        decoding = "oracle" if completer is None else completer.ghost_schedule(settings).decoding
         calibration = {"calibration": {decoding: {f"{args.repo.name} exact match": report.calibration}}
                        } if args.calibrate else {}
         print(json.dumps({"repo": str(args.repo), "model": model, "ms_per_hole": report.ms_per_hole,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -29,7 +29,9 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     EntropyBoundSamplerConfig,
 )
 
-from dglsp.config import DEFAULT_MAX_STEPS, SamplerSettings
+from dglsp.model.schedule import ModelDefaults, Schedule
+
+TOY_STEPS = 24  # the steps a test model recommends (DiffusionGemma's 48 would only slow the tests down)
 
 # Order matters: pad/eos/bos take ids 0/1/2, the ids DiffusionGemma's config expects.
 SPECIAL_TOKENS = {
@@ -142,18 +144,17 @@ def build_model(preset: Preset, vocab_size: int, seed: int = 0) -> DiffusionGemm
 
 
 def generation_config_for(
-    sampler: SamplerSettings, tokenizer: PreTrainedTokenizerBase
+    schedule: ModelDefaults | Schedule, tokenizer: PreTrainedTokenizerBase
 ) -> DiffusionGemmaGenerationConfig:
-    sampler = sampler.with_schedule()
-    assert sampler.entropy_bound is not None
+    """transformers' generation config for a schedule (DiffusionGemma's rule: its stop thresholds are fixed)."""
     return DiffusionGemmaGenerationConfig(
-        max_new_tokens=sampler.canvas_length,
-        max_denoising_steps=sampler.max_steps or DEFAULT_MAX_STEPS,
-        sampler_config=EntropyBoundSamplerConfig(entropy_bound=float(sampler.entropy_bound)),
-        t_min=sampler.t_min,
-        t_max=sampler.t_max,
-        stability_threshold=sampler.stability_threshold,
-        confidence_threshold=sampler.confidence_threshold,
+        max_new_tokens=schedule.canvas_length,
+        max_denoising_steps=schedule.max_steps,
+        sampler_config=EntropyBoundSamplerConfig(entropy_bound=float(schedule.entropy_bound)),
+        t_min=schedule.t_min,
+        t_max=schedule.t_max,
+        stability_threshold=getattr(schedule, "stability_threshold", 1),
+        confidence_threshold=getattr(schedule, "confidence_threshold", 0.005),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -170,22 +171,23 @@ def save_model_dir(
     model: DiffusionGemmaForBlockDiffusion,
     tokenizer: PreTrainedTokenizerBase,
     out_dir: Path,
-    sampler: SamplerSettings | None = None,
+    defaults: ModelDefaults | None = None,
     dtype: torch.dtype | None = None,
     extra: dict | None = None,
     snippets: bool = False,
 ) -> Path:
-    """Write a model directory dglsp (and transformers) can load: safetensors only."""
+    """Write a model directory dglsp (and transformers) can load: safetensors only; `defaults` is the decoding it
+    recommends (dglsp.json), by default DiffusionGemma's rule at TOY_STEPS."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Our models' configs always set canvas_length (transformers allows None).
-    sampler = sampler or SamplerSettings(canvas_length=cast(int, model.config.canvas_length))
-    model.generation_config = generation_config_for(sampler, tokenizer)
+    defaults = defaults or ModelDefaults(canvas_length=cast(int, model.config.canvas_length), max_steps=TOY_STEPS)
+    model.generation_config = generation_config_for(defaults, tokenizer)
     # transformers wraps PreTrainedModel.to with functools.wraps, whose type wants the model as an argument.
     to_save = model if dtype is None else model.to(dtype)  # type: ignore[arg-type]
     to_save.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    meta = {"prompt_format": fim_format_spec(snippets), "sampler": asdict(sampler), **(extra or {})}
+    meta = {"prompt_format": fim_format_spec(snippets), **defaults.to_meta(), **(extra or {})}
     (out_dir / "dglsp.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir
 
@@ -274,7 +276,7 @@ def save_hub_like_model(out_dir: Path, texts: Iterable[str], config_file: Path =
     torch.manual_seed(seed)
     tokenizer = gemma4_like_tokenizer(texts)
     model = DiffusionGemmaForBlockDiffusion(hub_config(config_file, scaled=scaled)).eval()
-    generation = generation_config_for(SamplerSettings(canvas_length=256, max_steps=48), tokenizer)
+    generation = generation_config_for(ModelDefaults(canvas_length=256), tokenizer)
     generation.eos_token_id = list(GEMMA4_EOS_IDS)
     model.generation_config = generation
     out_dir = Path(out_dir)

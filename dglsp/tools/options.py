@@ -15,8 +15,12 @@ from pathlib import Path
 DEFAULT_WORK_DIR = Path(os.environ.get("DGLSP_TRAIN_DIR", Path.home() / "dglsp-train"))
 PRESET_NAMES = ("tiny", "small", "base", "deep")  # modelzoo.PRESETS (a test checks they agree)
 BENCHMARKS = ("single-line", "multi-line", "random-span")
-DECODINGS = ("diffusion", "autoregressive", "verified")
+DECODINGS = ("diffusion", "autoregressive", "verified", "speculative")  # dglsp.model.decoding (a test checks)
+POLICIES = ("entropy_bound", "prefix")
+EVAL_MODES = ("humaneval", "agreement", "repo", "gate", "curve", "edits")
+BENCH_MODES = ("typing", "draft", "shapes", "step", "edit")
 REPO_HOLE_KINDS = ("rest-of-line", "whole-line", "block", "random-span")
+EDIT_KINDS = ("real", "rename", "parameter", "sibling", "no_edit")  # edit_corpus.KINDS and its "no next edit"
 DRAFT_LENGTHS = (128, 256, 512)
 EMBEDDED = "embedded"  # --resume-from's name for the model shipped in the package
 
@@ -38,15 +42,20 @@ class TrainConfig:
     # so the decay is a branch: its start is saved as checkpoint-stable.pt for later runs to go on from.
     cooldown_steps: int = 0
     min_lr_ratio: float = 0.1
-    # The exported model's serving default (dglsp.json sampler.max_steps), from `dglsp eval --max-steps` sweeps:
-    # on the 6200-step model, 8 steps passed as many single-line problems as 24 at a third of the passes.
+    # The exported model's serving defaults (dglsp.json: `dglsp.model.schedule.ModelDefaults`), each chosen by a
+    # `dglsp eval` sweep (see the model card). Steps: on the 6200-step model, 8 passed as many single-line
+    # problems as 24 at a third of the passes.
     serve_steps: int = 8
-    # The rest of the exported serving defaults, each chosen by a `dglsp eval` sweep (see the model card):
-    # verified decoding and its steps per draft, the settle rule, and the confidence gate's threshold.
-    serve_verify: bool = False
+    serve_decoding: str = "diffusion"  # diffusion | verified | speculative | autoregressive
+    serve_policy: str = "entropy_bound"  # entropy_bound | prefix
+    serve_prefix_threshold: float = 0.9
+    serve_eos_freeze: bool = False
+    serve_line_canvas_length: int = 0  # 0: a single line gets the ghost text's canvas
     serve_verify_steps: int = 1
+    serve_verify_mix: float = 0.0
     serve_settle_steps: int = 0
     serve_min_confidence: float = 0.73
+    serve_gate: str = "canvas"  # canvas | encoder: whose probability of the shown tokens the gate reads
     # The diffusion schedule: temperature from serve_t_max (first step) to serve_t_min, and the entropy a step
     # may accept in all. DiffusionGemma's values (0.8, 0.4, 0.1) never let the small model's stop rule fire;
     # these end a canvas in 4-5 steps instead of 8 (the model card's schedule sweep).
@@ -64,6 +73,13 @@ class TrainConfig:
     pad_weight: float = 0.1
     ar_weight: float = 1.0
     self_conditioning_prob: float = 0.5
+    # Self-distillation (training/distill.py): of each prompt's `canvases_per_prompt` noisy canvases, this many
+    # learn the encoder's own greedy middle, weighted `distill_weight` (0: off), their cross-entropy falling
+    # along the canvas as exp(-k / distill_gamma), plus `certainty_weight` x dParallel's certainty term.
+    distill_weight: float = 0.0
+    distill_canvases: int = 2
+    distill_gamma: float = 6.0
+    certainty_weight: float = 1.0
     seed: int = 0
     max_steps: int = 0  # 0 = until --minutes runs out
     minutes: float = 0.0  # 0 = until --max-steps
@@ -88,6 +104,18 @@ class TrainConfig:
     # With no checkpoint in the work dir, a run goes on from this shipped model directory (weights, tokenizer,
     # step and counters from its dglsp.json) instead of random weights; "" starts from scratch.
     resume_from: str = EMBEDDED
+    # Next-edit examples (training/edit_examples.py) from an edit corpus's train.jsonl.gz (edit_corpus.py), mixed
+    # into the batches: each drawn example is one of them with probability `edit_prob`. 0 or "": off, and the
+    # batches are exactly those of a run without the fields.
+    edits: str = ""
+    edit_prob: float = 0.0
+
+
+def cooldown_start(cfg: TrainConfig) -> int:
+    """The step the decay begins at, or 0 when the run has none (constant rate after warmup)."""
+    if not (cfg.cooldown_steps and cfg.max_steps):
+        return 0
+    return max(1, cfg.max_steps - cfg.cooldown_steps)
 
 
 FIELD_HELP = {
@@ -107,9 +135,13 @@ FIELD_HELP = {
     "eval_every": "steps between held-out losses",
     "resume_from": "with no checkpoint in --work-dir, go on from this shipped model directory: its weights, "
                    "tokenizer and counters (default: the embedded model; '' = from scratch)",
-    "max_package_bytes": "an absolute cap on the bytes taken from one package (0: only the 10 % share cap)",
+    "max_package_bytes": "an absolute cap on the bytes taken from one package (0: only the 10 %% share cap)",
+    "edits": "next-edit examples to mix in: an edit corpus's train.jsonl.gz (python -m dglsp.tools.edit_corpus; "
+             "'' = none)",
+    "edit_prob": "the share of training examples that are next edits from --edits (0 = off)",
 }
-CHOICES = {"preset": PRESET_NAMES, "precision": ("auto", "bf16", "fp32"), "optimizer": ("adamw", "muon")}
+CHOICES = {"preset": PRESET_NAMES, "precision": ("auto", "bf16", "fp32"), "optimizer": ("adamw", "muon"),
+           "serve_decoding": DECODINGS, "serve_policy": POLICIES, "serve_gate": ("canvas", "encoder")}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,13 +179,18 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mode", nargs="?", choices=EVAL_MODES, default=None,
+                        help="humaneval (default): pass@1 per decoding; agreement: each decoding's leading agreement "
+                             "with the greedy text after 1, 2 and 4 passes and its tokens per pass; repo: holes cut "
+                             "in --repo; gate: --plot-gate; curve: --plot-training; edits: next-edit suggestions on "
+                             "held-out edits against the no-edit and repeat-the-substitution baselines")
     parser.add_argument("--model", default=None, help="model directory or Hugging Face id (default: embedded)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (and hole sampling with --repo)")
     parser.add_argument("--limit", type=int, default=None,
                         help="HumanEval: problems per benchmark, evenly spaced (default: all); --repo: holes in "
-                             "all (default 60)")
+                             "all (default 60); edits: examples, evenly spaced (default: all)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--verbose", action="store_true", help="print every completion and its outcome")
     parser.add_argument("--calibrate", action="store_true",
@@ -164,7 +201,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "for each decoding of the same weights")
     human_eval.add_argument("--data", type=Path, default=None,
                             help="directory with the HumanEval-Infilling .jsonl.gz files (default: the copy "
-                                 "shipped in the package)")
+                                 "shipped in the package); edits: an edit examples file, e.g. "
+                                 "~/dglsp-train/edits/heldout.jsonl.gz (default: the shipped held-out set)")
     human_eval.add_argument("--benchmark", action="append", choices=BENCHMARKS, default=None,
                             help="repeatable (default: single-line and multi-line)")
     human_eval.add_argument("--decoding", action="append", choices=DECODINGS, default=None,
@@ -174,8 +212,22 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                             help="denoising steps per canvas (default: the model's)")
     human_eval.add_argument("--canvas-length", type=int, default=None,
                             help="tokens per canvas (default: the model's dglsp.json, else its config's)")
+    human_eval.add_argument("--line-canvas-length", type=int, default=None,
+                            help="tokens per canvas of a single line (default: the model's)")
+    human_eval.add_argument("--policy", choices=POLICIES, default=None,
+                            help="which positions a denoising step keeps (default: the model's)")
+    human_eval.add_argument("--prefix-threshold", type=float, default=None,
+                            help="prefix policy: the argmax probability a committed position needs")
+    human_eval.add_argument("--eos-freeze", type=_boolean, default=None,
+                            help="after a confident EOS the tail is padding (default: the model's)")
+    human_eval.add_argument("--gate", choices=("canvas", "encoder"), default=None,
+                            help="whose probability of the shown tokens the confidence gate reads (default: the "
+                                 "model's)")
     human_eval.add_argument("--verify-steps", type=int, default=None,
                             help="verified decoding: denoising steps per draft (default: the model's)")
+    human_eval.add_argument("--verify-mix", type=float, default=None,
+                            help="speculative decoding: the canvas's weight in the acceptance logits (0: exactly "
+                                 "greedy; default: the model's)")
     human_eval.add_argument("--settle-steps", type=int, default=None,
                             help="end a canvas once its argmax up to EOS is unchanged for N steps (0: off; "
                                  "default: the model's)")
@@ -208,17 +260,32 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "report exact match, edit similarity and bug counts with post-processing off, on, and without each filter")
     repo.add_argument("--repo", type=Path, default=None, help="repository (or any source tree) to cut holes in")
     repo.add_argument("--per-kind", type=int, default=1, help="holes of each kind per file (default %(default)s)")
-    repo.add_argument("--kind", action="append", choices=REPO_HOLE_KINDS, help="repeatable (default: all kinds)")
-    repo.add_argument("--settings", help="JSON settings in the editor's shape (as for `dglsp serve`)")
+    repo.add_argument("--kind", action="append", choices=REPO_HOLE_KINDS + EDIT_KINDS,
+                      help=f"repeatable (default: all kinds): --repo's holes {', '.join(REPO_HOLE_KINDS)}; edits' "
+                           f"examples {', '.join(EDIT_KINDS)}")
+    repo.add_argument("--settings", help="JSON settings in the editor's shape (as for `dglsp serve`; also edits)")
     repo.add_argument("--test-cmd", help="shell command running the repository's tests (exit 0 = pass)")
     repo.add_argument("--test-limit", type=int, default=0, help="holes also checked with --test-cmd")
     repo.add_argument("--test-timeout", type=float, default=120.0)
     repo.add_argument("--oracle-overrun", type=int, metavar="CHARS",
                       help="no model: each hole's raw text is its truth plus CHARS characters of the code after it "
                            "(a model that keeps going), to measure the filters alone")
+    edits = parser.add_argument_group(
+        "edits (`dglsp eval edits`): next-edit suggestions on held-out edits (exact match, chrF of the changed lines, "
+        "quiet rate) for the model, the no-edit and the repeat-the-substitution baselines; also --data FILE, "
+        "--kind, --settings, --limit")
+    edits.add_argument("--no-seed", action="store_true",
+                       help="start the rewrite's canvas from noise, not the region's text (next_edit.seed_canvas "
+                            "false), to measure seeding against noise")
+    edits.add_argument("--radius", type=int, default=None,
+                       help="lines either side of the line a region is centred on (default: next_edit.radius)")
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mode", nargs="?", choices=BENCH_MODES, default=None,
+                        help="typing (default): a typing session replayed over LSP; draft: drafts; shapes: "
+                             "--random-weights; step: one denoising step and prefill chunk by phase against the "
+                             "floor; edit: a next-edit suggestion's latency (a region of 2 x --radius + 1 lines)")
     parser.add_argument("--model", help="model directory or Hugging Face id (default: the embedded model)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (drafts and shapes; a typing session's "
@@ -228,7 +295,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     typing = parser.add_argument_group(
         "typing session (the default): replay human typing over LSP against `dglsp serve` and print latencies")
     typing.add_argument("--files", nargs="*", type=Path, help="source files to type functions from "
-                        "(default: the standard library's top-level modules)")
+                        "(default: the standard library's top-level modules); edit: the file whose regions are "
+                        "rewritten is the first (default: the standard library's argparse.py)")
     typing.add_argument("--functions", type=int, default=3, help="functions to type (default 3)")
     typing.add_argument("--max-chars", type=int, default=320, help="longest function to type (default 320)")
     typing.add_argument("--context-tokens", type=int, default=2048,
@@ -238,7 +306,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     typing.add_argument("--client", choices=("vscode", "neovim"), default="vscode")
     typing.add_argument("--baseline", action="store_true",
                         help="turn prefix KV cache, typing-through and speculation off (the 'before' numbers)")
-    typing.add_argument("--settings", help="extra server settings as JSON, in the editor's shape")
+    typing.add_argument("--settings", help="extra server settings as JSON, in the editor's shape (also edit)")
     typing.add_argument("--tokens", type=int, default=48, help="completion length for the side-by-side (default 48)")
     typing.add_argument("--completions", type=int, default=6, help="completions in the side-by-side (default 6)")
     typing.add_argument("--no-side-by-side", action="store_true")
@@ -250,7 +318,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "drafted HumanEval bodies")
     draft.add_argument("--draft", action="store_true", help="run the draft benchmark instead of a typing session")
     draft.add_argument("--lengths", default=",".join(map(str, DRAFT_LENGTHS)), help="draft lengths in tokens")
-    draft.add_argument("--prompts", type=int, default=4, help="prompts per length for the speed table")
+    draft.add_argument("--prompts", type=int, default=4,
+                       help="prompts per length for the speed table; edit: timed warm proposals, each at another "
+                            "place of the file (20 or more for a p95) (default %(default)s)")
     draft.add_argument("--problems", type=int, default=20, help="HumanEval bodies for the quality table (0: skip)")
     draft.add_argument("--max-tokens", type=int, default=256, help="draft token limit for the quality table")
     draft.add_argument("--steps", type=int, help="maximum denoising steps per canvas")
@@ -266,4 +336,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     shapes.add_argument("--canvas-lengths", default="32,256", help="canvases to time a denoising step at")
     shapes.add_argument("--oom-check", action="store_true",
                         help="CUDA: fill the device and check the out-of-memory retry and report")
+    edit = parser.add_argument_group(
+        "edit (`dglsp bench edit`): one next-edit proposal rewriting a region of a real file after a rename above it, "
+        "cold (the first after loading) and warm (p50/p95 over --prompts places), forward passes per proposal; also "
+        "--files, --prompts, --settings")
+    edit.add_argument("--radius", type=int, default=10,
+                      help="lines either side of the cursor's line: the region is 2 x RADIUS + 1 lines "
+                           "(default %(default)s)")
+    edit.add_argument("--no-seed", action="store_true",
+                      help="start the rewrite's canvas from noise, not the region's text (next_edit.seed_canvas false)")
 

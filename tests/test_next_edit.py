@@ -1,0 +1,153 @@
+"""Next-edit suggestions: where to look, the smallest edit, the prompt, the proposal and its gate, and the
+`textDocument/copilotInlineEdit` answer in the shape Copilot's clients read."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from lsprotocol import types
+from scripted import ScriptedModel
+from test_server_e2e import record_previews, start
+
+from dglsp.completion.completer import Completer
+from dglsp.completion.edits import DocumentChange, Edit, EditHistory
+from dglsp.completion.next_edit import (
+    NextEditor,
+    candidate_regions,
+    edit_context,
+    line_region,
+    repeat_substitution,
+    smallest_edit,
+    substitution_of,
+)
+from dglsp.completion.outcome import Reason
+from dglsp.config import ContextSettings, EngineSettings, Settings
+from dglsp.model.loading import load_local
+
+SOURCE = "def area(w, h):\n    return w * h\n\n\nprint(area(2, 3))\nprint(area(4, 5))\n"
+URI = "file:///w/shapes.py"
+
+
+def history_after(text: str, old: str, new: str) -> tuple[str, EditHistory]:
+    """The document after replacing the first `old` with `new`, and the history that recorded it."""
+    history = EditHistory()
+    start = text.index(old)
+    history.record(DocumentChange(URI, 2, start, start + len(old), old, new, text))
+    return text[:start] + new + text[start + len(old):], history
+
+
+def test_a_region_is_whole_lines_around_the_cursor():
+    text = "a\nb\nc\nd\ne\n"
+    region = line_region(text, text.index("c"), 1)
+    assert text[region.start:region.end] == "b\nc\nd\n"
+    assert text[slice(*_span(line_region(text, 0, 3)))] == "a\nb\nc\nd\n"
+    assert text[slice(*_span(line_region(text, len(text) - 1, 0)))] == "e\n"
+
+
+def _span(region) -> tuple[int, int]:
+    return region.start, region.end
+
+
+def test_a_rename_is_carried_to_the_next_use():
+    text, history = history_after(SOURCE, "area(w, h)", "surface(w, h)")
+    edits = history.edits(URI)
+    substitution = substitution_of(edits[-1])
+    assert (substitution.old, substitution.new) == ("area", "surface")
+    cursor = text.index("surface") + len("surface")
+    regions = candidate_regions(text, cursor, edits, radius=0)
+    assert regions[0].why == "substitution" and text[regions[0].start:regions[0].end] == "print(area(2, 3))\n"
+    assert regions[-1].why == "cursor"
+    baseline = repeat_substitution(text, cursor, edits)
+    assert baseline is not None and baseline.apply(text).count("surface") == 2
+
+
+def test_the_smallest_edit_is_the_changed_span():
+    assert smallest_edit("print(area(2, 3))\n", "print(surface(2, 3))\n", 100) == Edit(106, 110, "surface")
+    assert smallest_edit("same\n", "same\n", 0) is None
+    inserted = smallest_edit("f(a)\n", "f(a, b)\n", 10)
+    assert inserted == Edit(13, 13, ", b")
+
+
+def test_the_prompt_shows_the_history_and_the_region_and_cuts_the_file_around_it():
+    text, history = history_after(SOURCE, "area(w, h)", "surface(w, h)")
+    region = line_region(text, text.index("print(area(2"), 0)
+    diffs = [edit.diff("shapes.py") for edit in history.edits(URI)]
+    context = edit_context(text, region, "shapes.py", "python", diffs, ContextSettings())
+    assert context.prefix.endswith("\n\n\n") and context.suffix.startswith("print(area(4")
+    assert context.rewrite == "print(area(2, 3))\n"
+    assert "-def area(w, h):" in context.snippets[0].text and "+def surface(w, h):" in context.snippets[0].text
+    assert context.snippets[-1].text == context.rewrite
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_model_dir):
+    return load_local(EngineSettings(model=str(tiny_model_dir), device="cpu"))[0]
+
+
+def scripted_editor(bundle, rewrite: str, probability: float) -> NextEditor:
+    ids = bundle.tokenizer.encode(rewrite, add_special_tokens=False) + [bundle.tokenizer.eos_token_id]
+    return NextEditor(Completer(bundle, ScriptedModel(ids, [math.log(probability)] * len(ids))))
+
+
+def test_a_confident_rewrite_is_proposed_as_its_smallest_edit(bundle):
+    text, history = history_after(SOURCE, "area(w, h)", "surface(w, h)")
+    editor = scripted_editor(bundle, "print(surface(2, 3))\n", 0.9)
+    settings, _ = Settings().updated({"next_edit": {"radius": 0, "min_confidence": 0.5}})
+    cursor = text.index("surface") + len("surface")
+    proposal = editor.propose(text, cursor, history.edits(URI), [], settings, "shapes.py", "python")
+    assert proposal.hidden is None and proposal.region is not None and proposal.region.why == "substitution"
+    assert proposal.edit is not None and proposal.edit.apply(text).count("surface(2, 3)") == 1
+    assert proposal.confidence == pytest.approx(0.9)
+
+
+def test_an_unsure_or_unchanged_rewrite_stays_quiet(bundle):
+    text, history = history_after(SOURCE, "area(w, h)", "surface(w, h)")
+    cursor = text.index("surface") + len("surface")
+    settings, _ = Settings().updated({"next_edit": {"radius": 0, "min_confidence": 0.5}})
+    unsure = scripted_editor(bundle, "print(surface(2, 3))\n", 0.2).propose(text, cursor, history.edits(URI), [],
+                                                                            settings)
+    assert unsure.edit is None and unsure.hidden.reason is Reason.LOW_CONFIDENCE
+    assert "0.20 < 0.50" in unsure.hidden.detail
+    # No history: the cursor's region alone, which the model writes back as it is.
+    unchanged = scripted_editor(bundle, "print(area(2, 3))\n", 0.9)
+    quiet = unchanged.propose(SOURCE, SOURCE.index("print(area(2"), [], [], settings)
+    assert quiet.edit is None and quiet.hidden.reason is Reason.NO_EDIT
+
+
+@pytest.mark.e2e
+async def test_copilot_inline_edit_answers_in_copilots_shape(tiny_model_dir):
+    # Random weights: an edit is proposed only if the gate is open and the model rewrites the region differently;
+    # either way the answer has Copilot's shape, and an empty one comes with its reason on the preview channel.
+    client = await start(tiny_model_dir, {"sampler": {"seed": 1}, "next_edit": {"radius": 1, "min_confidence": 0.0,
+                                                                                  "max_steps": 4}}, previews=True)
+    previews = record_previews(client)
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri=URI, language_id="python", version=1, text=SOURCE)))
+    renamed = SOURCE.replace("def area", "def surface", 1)
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+        content_changes=[types.TextDocumentContentChangePartial(
+            range=types.Range(types.Position(0, 4), types.Position(0, 8)), text="surface")]))
+    result = await client.protocol.send_request_async("textDocument/copilotInlineEdit", {
+        "textDocument": {"uri": URI, "version": 2}, "position": {"line": 0, "character": 11}})
+    edits = result.edits
+    assert isinstance(edits, list)
+    ended = [p for p in previews if p.kind == "edit" and p.done]
+    assert ended, "every next-edit request ends with a preview"
+    if edits:
+        edit = edits[0]
+        assert edit.textDocument.uri == URI and edit.textDocument.version == 2
+        assert edit.command.command == "dglsp.editAccepted"
+        await client.workspace_execute_command_async(types.ExecuteCommandParams(
+            command=edit.command.command, arguments=edit.command.arguments))
+    else:
+        assert ended[-1].reason
+    stale = await client.protocol.send_request_async("textDocument/copilotInlineEdit", {
+        "textDocument": {"uri": URI, "version": 1}, "position": {"line": 0, "character": 0}})
+    assert stale.edits == []  # asked about a version that is gone
+    with pytest.raises(Exception, match="copilotInlineEdit takes"):
+        await client.protocol.send_request_async("textDocument/copilotInlineEdit", {"position": 3})
+    assert renamed  # the document the server now holds (didChange applied)
+    await client.shutdown_session()
+    await client.stop()
