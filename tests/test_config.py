@@ -50,3 +50,21 @@ def test_the_documented_settings_block_is_config_py():
     defaults = dataclasses.asdict(Settings())
     defaults.pop("remote")  # documented in its own table
     assert documented == defaults
+
+
+def test_a_section_is_validated_as_a_whole_so_a_consistent_pair_applies_together():
+    base, _ = Settings().updated({"sampler": {"t_min": 0.5, "t_max": 0.8}})
+    both, warnings = base.updated({"sampler": {"t_max": 0.3, "t_min": 0.1}})  # t_max alone would be below t_min
+    assert warnings == [] and (both.sampler.t_max, both.sampler.t_min) == (0.3, 0.1)
+    wrong, warnings = base.updated({"sampler": {"t_min": 0.9, "canvas_length": 64}})
+    assert wrong.sampler.t_min == 0.5 and wrong.sampler.canvas_length == 64  # only the value at fault is refused
+    assert len(warnings) == 1 and "t_min" in warnings[0]
+
+
+def test_choices_are_literals_and_none_is_the_models_own():
+    settings, warnings = Settings().updated({"sampler": {"decoding": "verified", "policy": "prefix"}})
+    assert warnings == [] and settings.sampler.decoding == "verified"
+    _, warnings = Settings().updated({"sampler": {"decoding": "magic"}, "engine": {"backend": "cloud"}})
+    assert len(warnings) == 2 and "one of diffusion" in warnings[0] and "one of local, remote" in warnings[1]
+    back, warnings = settings.updated({"sampler": {"decoding": None}})
+    assert warnings == [] and back.sampler.decoding is None

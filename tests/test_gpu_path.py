@@ -46,9 +46,10 @@ def test_fast_sampling_is_deterministic_under_a_seed(tiny_model_dir, sampling):
     assert first.token_ids == again.token_ids and first.stats.steps >= 1
 
 
-def test_cpu_engine_keeps_the_reference_path(tiny_model_dir):
+def test_cpu_engine_samples_the_fast_way_unless_asked_for_the_reference(tiny_model_dir):
     engine = load_engine(EngineSettings(model=str(tiny_model_dir), device="cpu"))[1]
-    assert engine.sampling == "reference" and engine._decoder_step is engine.model
+    assert engine.sampling == "fast" and engine._decoder_step is engine.model
+    assert engine.schedule(SamplerSettings(sampling="reference")).sampling == "reference"
 
 
 @pytest.mark.gpu

@@ -151,3 +151,20 @@ async def test_copilot_inline_edit_answers_in_copilots_shape(tiny_model_dir):
     assert renamed  # the document the server now holds (didChange applied)
     await client.shutdown_session()
     await client.stop()
+
+
+def test_a_chat_model_gets_the_edit_as_an_instruction_with_the_region_marked(hub_model_dir):
+    from dglsp.completion.prompt import EDIT_INSTRUCTION, REGION_MARKERS, PromptBuilder, PromptFormat
+    from dglsp.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(hub_model_dir)
+    text, history = history_after(SOURCE, "area(w, h)", "surface(w, h)")
+    region = line_region(text, text.index("print(area(2"), 0)
+    diffs = [edit.diff("shapes.py") for edit in history.edits(URI)]
+    context = edit_context(text, region, "shapes.py", "python", diffs, ContextSettings())
+    ids = PromptBuilder(tokenizer, PromptFormat.for_model({}, tokenizer), ContextSettings(snippets="on")).build(
+        context).ids
+    rendered = tokenizer.decode(ids)
+    assert EDIT_INSTRUCTION.split(".")[0] in rendered
+    assert f"{REGION_MARKERS[0]}print(area(2, 3))\n{REGION_MARKERS[1]}" in rendered
+    assert "+def surface(w, h):" in rendered

@@ -45,7 +45,8 @@ def test_matches_transformers_generate_token_for_token(engine, seed, steps):
     tokenizer = engine.bundle.tokenizer
     prompt = tokenizer.encode("def add(a, b):\n    return a +", add_special_tokens=False)
     # A model without a dglsp.json decoding of its own keeps DiffusionGemma's rule: exactly `generate()`.
-    settings = SamplerSettings(canvas_length=engine.defaults.canvas_length, max_steps=steps, seed=seed)
+    settings = SamplerSettings(canvas_length=engine.defaults.canvas_length, max_steps=steps, seed=seed,
+                               sampling="reference")
     ran = engine.schedule(settings)
     assert (ran.decoding, ran.policy, ran.sampling) == ("diffusion", "entropy_bound", "reference")
     ours = engine.generate(prompt, ran)

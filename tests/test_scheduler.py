@@ -162,3 +162,23 @@ async def test_closing_a_document_stops_every_kind_of_its_jobs():
         await running
     assert stopped.value.reason is Reason.DOCUMENT_CLOSED
     scheduler.shutdown()
+
+
+async def test_waiting_jobs_run_most_urgent_kind_first():
+    scheduler = Scheduler(debounce_ms=0)
+    release, order = threading.Event(), []
+    busy = asyncio.ensure_future(scheduler.submit(JobKey("busy"), 1, lambda job: release.wait(5)))
+    await asyncio.sleep(0.05)  # the worker is busy: what follows waits in the queue
+    prefill = asyncio.ensure_future(scheduler.submit(JobKey("a", JobKind.PREFILL), 1,
+                                                     lambda job: order.append("prefill")))
+    await asyncio.sleep(0.02)
+    edit = asyncio.ensure_future(scheduler.submit(JobKey("b", JobKind.EDIT), 1, lambda job: order.append("edit")))
+    await asyncio.sleep(0.02)
+    completion = asyncio.ensure_future(scheduler.submit(JobKey("c"), 1, lambda job: order.append("completion")))
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(busy, edit, completion, return_exceptions=True)
+    with pytest.raises(Cancelled, match="preempted"):  # a request the user waits for stops background work
+        await prefill
+    assert order == ["completion", "edit"]
+    scheduler.shutdown()

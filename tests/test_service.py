@@ -81,3 +81,6 @@ async def test_status_says_what_ghost_text_and_drafts_run_with_and_the_gates_sha
     assert isinstance(hidden, NoSuggestion) and hidden.reason is Reason.LOW_CONFIDENCE
     gate = service.status()["gate"]
     assert gate["min_confidence"] == 1.0 and gate["hidden"] == 1 and gate["hidden_share"] == 1.0
+    status = service.status()  # why nothing showed, for the editor's status line
+    assert status["outcomes"] == {"low_confidence": 1} and status["state"] == "ready"
+    assert status["last"]["reason"] == "low_confidence" and "< 1.00" in status["last"]["detail"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import resource
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 
 @dataclass
@@ -42,12 +41,8 @@ class LatencyMetrics:
 
 
 def memory_mb() -> dict[str, float]:
-    """Resident and peak resident memory of this process in MiB (Linux /proc, else getrusage's peak)."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        kib = {name: float(fields[name].split()[0]) for name in ("VmRSS", "VmHWM") if name in fields}
-        if kib:
-            return {"rss_mb": kib.get("VmRSS", 0.0) / 1024, "peak_rss_mb": kib.get("VmHWM", 0.0) / 1024}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"rss_mb": peak, "peak_rss_mb": peak}
+    """Resident memory of this process in MiB now (psutil), and its peak (getrusage: KiB on Linux)."""
+    import psutil  # a dependency of accelerate, which loads the weights
+
+    return {"rss_mb": psutil.Process().memory_info().rss / 2**20,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from dglsp.completion.confidence import confidence, shown_token_count
 from dglsp.completion.edits import Edit, HistoryEdit
 from dglsp.completion.outcome import NoSuggestion, Reason
+from dglsp.completion.postprocess import strip_fences
 from dglsp.completion.prompt import CursorContext, PromptBuilder, Snippet, encodable
 from dglsp.config import ContextSettings, Settings
 from dglsp.model.backend import GenerationStats
@@ -200,7 +201,7 @@ class NextEditor:
         generation = completer.backend.generate(prompt.ids, schedule, should_stop, cache_key=cache_key,
                                                 seed_ids=current_ids if options.seed_canvas else None)
         raw = completer.decode(generation.token_ids)
-        rewrite = _whole_lines(raw, current)
+        rewrite = _whole_lines(strip_fences(raw), current)  # a chat model may fence its answer
         edit = smallest_edit(current, rewrite, region.start) if generation.finished else None
         confidence = None
         if edit is not None and generation.token_logprobs is not None:

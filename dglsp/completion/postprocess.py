@@ -100,7 +100,7 @@ def _shaped(raw: str, context: CursorContext, settings: PostprocessSettings, ski
     """The pipeline: (the text, the characters after the cursor it replaces), or why nothing is left."""
     spec = language_spec(context.language_id)
     use_tree = settings.tree_sitter
-    text = _strip_fences(raw.replace("\r\n", "\n"))
+    text = strip_fences(raw.replace("\r\n", "\n"))
     line_prefix = context.prefix.rsplit("\n", 1)[-1]
     line_suffix = context.suffix.split("\n", 1)[0]
     if "scope" in skip:
@@ -166,7 +166,7 @@ def _tidy_whitespace(lines: list[str], line_prefix: str) -> list[str]:
 
 
 # -- fences and scope -----------------------------------------------------------------------------
-def _strip_fences(text: str) -> str:
+def strip_fences(text: str) -> str:
     stripped = text.lstrip()
     if stripped.startswith("```"):
         newline = stripped.find("\n")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from dglsp.config import DECODINGS as NAMES
 from dglsp.model.backend import CanvasCallback, Generation, GenerationStats
 from dglsp.model.sampler import CanvasResult
 
@@ -211,6 +212,9 @@ DECODINGS: dict[str, Callable[[], Decoding]] = {
     "speculative": lambda: Verified(speculative=True),
     "autoregressive": lambda: Verified(draft_steps=False),
 }
+
+
+assert set(DECODINGS) == set(NAMES), "one registry entry per name `sampler.decoding` accepts"
 
 
 def decoding_named(name: str) -> Decoding:

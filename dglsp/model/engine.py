@@ -64,16 +64,17 @@ class Engine:
         self.prefix_cache = PrefixCache(model.config, 0)
         self.prefix_cache.kv_bytes_per_token = self.kv_bytes_per_token
         self.apply_latency(latency, prompt_tokens)
-        # GPU path: fused sampling math, and a compiled decoder step (eager again if compiling fails).
-        # The CPU keeps the reference path, bit-exact with transformers' generate().
-        self.sampling: Sampling = "fused" if self.device.type == "cuda" else "reference"
+        # The serving path samples the cheap way: fused (one pass, no host sync) on the GPU, Gumbel-max on the CPU,
+        # where `torch.multinomial` costs more than a step's attention. `sampler.sampling` "reference" keeps
+        # transformers' math, bit-exact with generate(). The GPU compiles the decoder step (eager again if that fails).
+        self.sampling: Sampling = "fused" if self.device.type == "cuda" else "fast"
         self._decoder_step: Callable[..., Any] = model
-        if self.device.type == "cuda" and latency.compile_decoder:
+        if latency.compile_decoder == "on" or (latency.compile_decoder == "auto" and self.device.type == "cuda"):
             self._decoder_step = torch.compile(model, dynamic=True)
 
     # -- settings ------------------------------------------------------------------------------
     def schedule(self, settings: SamplerSettings) -> Schedule:
-        return replace(resolve(settings, self.defaults), sampling=self.sampling)
+        return replace(resolve(settings, self.defaults), sampling=settings.sampling or self.sampling)
 
     def apply_latency(self, latency: LatencySettings, prompt_tokens: int) -> None:
         """Size the prefix cache: `latency.prefix_cache_documents` prompts of `prompt_tokens`, under the MB cap."""

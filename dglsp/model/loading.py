@@ -313,4 +313,6 @@ def warm_up(backend: Backend, bundle: ModelBundle, settings: Settings) -> None:
     assert text_ids, "the tokenizer encodes nothing"
     prompt = (text_ids * (length // len(text_ids) + 1))[:length]
     schedule = backend.schedule(dataclasses.replace(settings.sampler, max_steps=2, seed=0))
-    backend.generate(prompt, schedule)
+    line = settings.sampler.line_canvas_length or backend.defaults.line_canvas_length
+    for canvas in {schedule.canvas_length, min(line or schedule.canvas_length, schedule.canvas_length)}:
+        backend.generate(prompt, schedule.with_canvas(canvas))  # both shapes a ghost-text canvas comes in

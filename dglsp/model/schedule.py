@@ -11,15 +11,11 @@ nothing else, so no layer below reads `dglsp.json` or guesses a sentinel again.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from dglsp.config import SamplerSettings
+from dglsp.config import DECODINGS, POLICIES, Decoding, Policy, SamplerSettings
 
-DecodingName = Literal["diffusion", "verified", "speculative", "autoregressive"]
-PolicyName = Literal["entropy_bound", "prefix"]
 Sampling = Literal["reference", "fused", "fast"]
-DECODING_NAMES: tuple[str, ...] = get_args(DecodingName)
-POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
 
 # DiffusionGemma's schedule (the 26B's generation config), for a model that records none of its own.
 DIFFUSIONGEMMA_STEPS = 48
@@ -37,8 +33,8 @@ class ModelDefaults:
     entropy_bound: float = DIFFUSIONGEMMA_SCHEDULE["entropy_bound"]
     t_max: float = DIFFUSIONGEMMA_SCHEDULE["t_max"]
     t_min: float = DIFFUSIONGEMMA_SCHEDULE["t_min"]
-    decoding: DecodingName = "diffusion"
-    policy: PolicyName = "entropy_bound"
+    decoding: Decoding = "diffusion"
+    policy: Policy = "entropy_bound"
     prefix_threshold: float = 0.9  # the prefix policy's bound: an argmax probability (temperature 1)
     eos_freeze: bool = False  # after a confident EOS, the tail is padding and never denoised again
     line_canvas_length: int | None = None  # the canvas of a single-line request (None: the ghost text's)
@@ -69,10 +65,10 @@ class ModelDefaults:
         return {"sampler": values, "postprocess": postprocess}
 
     def check(self) -> None:
-        if self.decoding not in DECODING_NAMES:
-            raise ValueError(f"unknown decoding {self.decoding!r} (known: {', '.join(DECODING_NAMES)})")
-        if self.policy not in POLICY_NAMES:
-            raise ValueError(f"unknown sampler policy {self.policy!r} (known: {', '.join(POLICY_NAMES)})")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"unknown decoding {self.decoding!r} (known: {', '.join(DECODINGS)})")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown sampler policy {self.policy!r} (known: {', '.join(POLICIES)})")
 
 
 def _from_generation_config(config: dict) -> dict[str, Any]:
@@ -102,8 +98,8 @@ class Schedule:
     entropy_bound: float
     t_max: float
     t_min: float
-    decoding: DecodingName = "diffusion"
-    policy: PolicyName = "entropy_bound"
+    decoding: Decoding = "diffusion"
+    policy: Policy = "entropy_bound"
     prefix_threshold: float = 0.9
     eos_freeze: bool = False
     stability_threshold: int = 1
@@ -118,8 +114,8 @@ class Schedule:
 
     def __post_init__(self) -> None:
         assert self.canvas_length > 0 and self.max_steps > 0, "a canvas needs positions and steps"
-        assert self.decoding in DECODING_NAMES, f"unknown decoding {self.decoding!r}"
-        assert self.policy in POLICY_NAMES, f"unknown sampler policy {self.policy!r}"
+        assert self.decoding in DECODINGS, f"unknown decoding {self.decoding!r}"
+        assert self.policy in POLICIES, f"unknown sampler policy {self.policy!r}"
 
     def with_canvas(self, length: int) -> Schedule:
         return replace(self, canvas_length=length)

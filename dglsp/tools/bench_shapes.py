@@ -49,7 +49,7 @@ def build(config_file: Path, scaled: bool, device: torch.device, dtype: torch.dt
 def engine_for(model: DiffusionGemmaForBlockDiffusion, device: torch.device, compiled: bool) -> Engine:
     tokenizer = modelzoo.gemma4_like_tokenizer(["def f(x):\n    return x + 1\n"] * 4, merges_vocab=300)
     bundle = ModelBundle(tokenizer, {}, Path("random-weights"), device, ModelDefaults(canvas_length=32))
-    return Engine(model, bundle, LatencySettings(prefix_cache=False, compile_decoder=compiled))
+    return Engine(model, bundle, LatencySettings(prefix_cache=False, compile_decoder="on" if compiled else "off"))
 
 
 def time_prefill(engine: Engine, tokens: int, vocab: int) -> float:

@@ -334,7 +334,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 SAMPLER_OVERRIDES = ("canvas_length", "line_canvas_length", "max_steps", "policy", "prefix_threshold", "eos_freeze",
-                     "verify_steps", "verify_mix", "settle_steps", "entropy_bound", "t_max", "t_min", "gate")
+                     "verify_steps", "verify_mix", "settle_steps", "entropy_bound", "t_max", "t_min", "gate",
+                     "sampling")
 
 
 def sampler_overrides(args: argparse.Namespace) -> SamplerSettings:
