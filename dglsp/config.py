@@ -227,8 +227,8 @@ class LatencySettings:
     # Where the editor says its cursor went (a document entered, a jump: `dglsp/focus`), encode the prompt at low
     # priority, so the first keystroke there re-encodes only what it typed.
     prefill_on_focus: bool = True
-    live_canvas: bool = False  # stream intermediate canvases as `dglsp/canvas` notifications
-    live_canvas_interval_ms: int = 50  # at most one `dglsp/canvas` notification per interval
+    live_canvas: bool = False  # stream intermediate canvases as `dglsp/preview` notifications
+    live_canvas_interval_ms: int = 50  # at most one live-canvas preview per interval
     # torch.compile the decoder step (read at start-up): "auto" on CUDA only; "on" on the CPU too, where inductor's
     # fused kernels make a step ~1.2-1.6x faster but compiling costs 80-130 s at the first request's shapes.
     compile_decoder: Literal["auto", "on", "off"] = "auto"

@@ -89,6 +89,13 @@ async def test_cancelled_draft_applies_nothing(tiny_model_dir):
         await asyncio.wait_for(pending, 15)
     await asyncio.sleep(0.5)
     assert edits == []
+    # The draft's job was stopped, not left running on the device until the next edit.
+    for _ in range(100):
+        if any("greet.py" in m.message and "cancelled: by the client" in m.message for m in client.log_messages):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the cancelled draft went on running")
     await client.shutdown_session()
     await client.stop()
 

@@ -2,7 +2,8 @@
 
 One Neovim session (editors/nvim/tests/driver.lua) types into a buffer like a user, presses the
 plugin's keys and records what it saw: buffer lines, the ghost-text extmark read back from Neovim,
-the messages that went over the wire, `:messages`, `:DglspStatus`, `:checkhealth dglsp`. These tests
+the messages that went over the wire, the server's `dglsp/preview` notifications and the statusline
+after each, `:messages`, `:DglspStatus`, `:checkhealth dglsp`. These tests
 assert on that record. Suggestions come from the tiny random-weight model, so no test knows the
 text: they compare the ghost text with the server's own answer and the buffer with the ghost text.
 """
@@ -31,7 +32,7 @@ SETTINGS = {
     "draft": {"max_tokens": 64, "max_steps": 12},
     "sampler": {"seed": 1, "canvas_length": 16, "max_steps": 12, "confidence_threshold": 1e-9},
     "scheduler": {"debounce_ms": 150},
-    "latency": {"typing_through": False, "speculative": False},
+    "latency": {"typing_through": False, "prefetch": False},
     "postprocess": {"hide_unparsable": False},  # random weights write token soup: show it anyway
 }
 
@@ -78,7 +79,9 @@ def inserted(lines: list[str], row: int, col: int, text: str) -> list[str]:
 
 
 def as_displayed(text: str) -> str:
-    """Neovim stores virtual text with control characters in caret notation (^U, ^?), tabs kept."""
+    """Neovim stores virtual text with control characters in caret notation (^U, ^?), tabs kept; a chunk of
+    virtual text is a C string, so a line of it ends at a NUL."""
+    text = "\n".join(line.split("\0", 1)[0] for line in text.split("\n"))
     return "".join(f"^{chr(ord(c) ^ 0x40)}" if (ord(c) < 0x20 and c not in "\t\n") or c == "\x7f" else c
                    for c in text)
 
@@ -166,7 +169,57 @@ def test_status_toggle_and_health(session, tiny_model_dir):
     assert session["enabled_after_toggle"] is False
     health = "\n".join(session["health"])
     assert "OK executable" in health and "OK server running" in health and "OK model:" in health
+    # The last outcome (the gate hid it: the driver's last section) and the count of each outcome.
+    assert re.search(r"last completion: low confidence \d\.\d\d < 1\.00 \(\d+ ms\)", health), health
+    counts = re.search(r"outcomes: (.*)", health).group(1)
+    assert re.search(r"\blow_confidence \d+", counts) and re.search(r"\bshown \d+", counts), counts
     assert "ERROR" not in health
+
+
+STOPPED = {"superseded", "cancelled", "document_changed", "document_closed", "preempted", "shutdown"}
+
+
+def test_a_shown_suggestions_latency_reaches_the_statusline(session):
+    shown = step(session, "ghost")
+    done = [p for p in session["previews"][:shown["previews_seen"]] if p["done"] and p["reason"] not in STOPPED]
+    assert done[-1]["reason"] is None and done[-1]["kind"] == "completion"
+    assert shown["statusline"] == f"dglsp {int(done[-1]['latency_ms'] + 0.5)} ms"
+    assert done[-1]["text"] == last_answer(session, shown)  # the preview's end carries the text shown
+
+
+def test_a_hidden_suggestions_reason_reaches_the_statusline(session):
+    gated = session["gated"]
+    assert gated is not None, "the gate never hid a suggestion"
+    assert gated["done"] and gated["text"] == "" and re.fullmatch(r"confidence \d\.\d\d < 1\.00", gated["detail"])
+    assert gated["statusline"] == "dglsp: low " + gated["detail"]
+
+
+def test_every_request_ends_with_one_preview_and_the_statusline_ignores_stopped_ones(session):
+    previews = session["previews"]
+    assert sum(p["done"] for p in previews) >= 3
+    before, seen_real = None, False
+    for preview in previews:
+        if preview["done"] and preview["reason"] in STOPPED and seen_real:
+            assert preview["statusline"] == before, preview  # no flicker while typing
+        elif preview["done"] and preview["reason"] not in STOPPED:
+            seen_real = True
+            expected = r"dglsp \d+ ms" if preview["reason"] is None else r"dglsp: .+"
+            assert re.fullmatch(expected, preview["statusline"]), preview
+        before = preview["statusline"]
+    # While the model loaded: nothing (not attached yet), the loading progress, or the bare name once ready.
+    assert all(line in ("", "dglsp") or re.fullmatch(r"dglsp: loading( \d+%)?", line)
+               for line in session["loading_statuslines"]), session["loading_statuslines"]
+
+
+def test_focus_is_sent_on_entering_a_buffer_and_on_a_jump_never_while_typing(session):
+    uris = session["focus_uris"]
+    focus = [(f["textDocument"]["uri"], f["position"]["line"], f["position"]["character"]) for f in session["focus"]]
+    assert (uris["other"], 0, 0) in focus  # a new buffer entered (attached): the cursor at its start
+    assert (uris["sample"], 0, 0) in focus  # back to the first buffer
+    assert (uris["sample"], 3, 0) in focus  # `G`: a jump to the last line
+    assert session["prefill_tokens"] > 0  # the server encoded a prompt there
+    # Typing in insert mode (and <CR>: a new line, not a jump) sends none.
+    assert step(session, "accepted")["focus_sent"] == step(session, "new ghost")["focus_sent"]
 
 
 def draft_requests(session: dict) -> dict:
@@ -191,15 +244,19 @@ def test_draft_grows_on_screen_and_accept_inserts_exactly_the_draft(session):
     assert argument["apply"] is False and argument["position"] == {"line": row, "character": col}
     text = answer(session, request_id)["result"]["text"]
     assert text and text == state["text"]
-    # While drafting, what was drawn (at the cursor) is exactly what the server streamed on the draft's token.
-    reports = [p["message"] for p in record["progress"] if p["token"] == state["token"] and p["kind"] == "report"]
+    # While drafting, what was drawn (at the cursor) is exactly what the server streamed: each committed canvas's
+    # whole draft so far, as a `dglsp/preview` of kind "draft"; the last preview is the answer's text.
+    previews = record["previews"]  # from this draft on (the driver's later drafts follow)
+    end = next(i for i, p in enumerate(previews) if p["done"])
     drawn = [r for r in record["renders"] if r["drafting"]]
     assert len(drawn) >= 1, "nothing was drawn before the final draft"
-    assert [r["text"] for r in drawn] == reports
+    assert [r["text"] for r in drawn] == [p["text"] for p in previews[:end]]
     assert all([r["row"], r["col"]] == [row, col] for r in drawn)
-    # Neovim's own $/progress handling still runs (our handler chains to it): begin ... end reached LspProgress.
-    kinds = [p["kind"] for p in record["progress"] if p["token"] == state["token"]]
+    assert previews[end]["text"] == text and previews[end]["reason"] is None
+    # `$/progress` still reaches Neovim's own handling (LspProgress): the server's summary of the draft so far.
+    kinds = [p["kind"] for p in record["progress"]]
     assert kinds[0] == "begin" and kinds[-1] == "end"
+    assert all(re.match(r"\d+ lines?: ", p["message"]) for p in record["progress"] if p["kind"] == "report")
     # The final draft stays as ghost text (first line inline, the rest as virtual lines) until accepted.
     assert shown["ghost"] == {"row": row, "col": col, "text": as_displayed(text)}
     assert shown["lines"] == step(session, "draft shown")["lines"]

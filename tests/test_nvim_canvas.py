@@ -1,5 +1,6 @@
-"""The Neovim plugin's live-canvas renderer (editors/nvim/lua/dglsp/canvas.lua) and its column conversions
-(editors/nvim/lua/dglsp/compat.lua) in a headless Neovim."""
+"""The Neovim plugin's preview channel (editors/nvim/lua/dglsp/preview.lua: the live canvas drawn, each request's
+end recorded), the statusline's words for each outcome (status.lua), and its column conversions (compat.lua), in a
+headless Neovim without a server."""
 
 from __future__ import annotations
 
@@ -34,36 +35,60 @@ local function as_010()
 end
 """
 
-SCRIPT = AS_010 + """
+PREVIEW_SCRIPT = AS_010 + """
 vim.opt.rtp:prepend(%(plugin)r)
-local canvas = require("dglsp.canvas")
+local preview = require("dglsp.preview")
 local ghost = require("dglsp.ghost")
-canvas.setup()
-assert(vim.lsp.handlers["dglsp/canvas"] == canvas.handler)
+local status = require("dglsp.status")
+require("dglsp.lsp").client = function() return { id = 999 } end -- the statusline's server, none running
+preview.setup()
+assert(vim.lsp.handlers["dglsp/preview"] == preview.handler)
 local buf = vim.api.nvim_create_buf(true, false)
+vim.api.nvim_set_current_buf(buf)
 vim.api.nvim_buf_set_name(buf, %(path)r)
 vim.api.nvim_buf_set_lines(buf, 0, -1, false, { "def f():", "    s = 'é'; return " })
 local uri = vim.uri_from_bufnr(buf)
 vim.lsp.util.buf_versions[buf] = 3
-local function send(version, text, done)
-  canvas.handler(nil, { uri = uri, version = version, position = { line = 1, character = 19 },
-                        text = text, step = 2, done = done }, { client_id = 999 })
+local out = { drawn = {}, said = {} }
+local function send(params)
+  params = vim.tbl_extend("keep", params, { uri = uri, version = 3, kind = "completion", done = false,
+    range = { start = { line = 1, character = 19 }, ["end"] = { line = 1, character = 19 } } })
+  preview.handler(nil, params, { client_id = 999 })
+  local shown = ghost.shown(buf)
+  table.insert(out.drawn, shown and { shown.row, shown.col, shown.text } or vim.NIL)
 end
-send(3, "1 + 2", false)
-local shown = ghost.shown(buf)
--- character 19 (UTF-16) is byte 20: the line holds a two-byte é before it.
-assert(shown and shown.text == "1 + 2" and shown.row == 1 and shown.col == 20, vim.inspect(shown))
-send(2, "stale", false)
-assert(ghost.shown(buf).text == "1 + 2", "a canvas for an older version was drawn")
-send(3, "1 + 2 + 3", false)
-assert(ghost.shown(buf).text == "1 + 2 + 3")
--- On Neovim 0.10 too (its vim.str_byteindex takes (line, index, use_utf16)): the same column.
-as_010()
-send(3, "4", false)
-shown = ghost.shown(buf)
-assert(shown and shown.text == "4" and shown.col == 20, vim.inspect(shown))
-io.stdout:write("canvas ok\\n")
-vim.cmd("qa!")
+local function say(params)
+  send(vim.tbl_extend("force", { done = true, text = "" }, params))
+  table.insert(out.said, status.line(buf))
+end
+vim.cmd("startinsert") -- a live canvas is drawn in insert mode only
+vim.schedule(function()
+  send({ text = "1 + 2", passes = 1 })
+  send({ text = "stale", version = 2 })
+  send({ text = "1 + 2 + 3", passes = 2 })
+  send({ text = "1 + 2 + 3", done = true, latency_ms = 84.4 })
+  send({ text = "4", kind = "draft" })
+  as_010()
+  send({ text = "5" })
+  send({ text = "", done = true, reason = "low_confidence", detail = "confidence 0.41 < 0.73" })
+  status.outcome[999] = nil
+  say({ reason = "superseded" })
+  say({ text = "x", latency_ms = 84.4 })
+  say({ reason = "superseded" })
+  say({ reason = "low_confidence", detail = "confidence 0.41 < 0.73" })
+  say({ reason = "cancelled" })
+  say({ reason = "unparsable" })
+  say({ reason = "repeat" })
+  say({ reason = "backend_error", detail = "the remote server refused the connection" })
+  status.server[999] = { state = "loading", load_percent = 35.2 }
+  table.insert(out.said, status.line(buf))
+  status.server[999] = { state = "failed", load_message = "no such model: /x" }
+  table.insert(out.said, status.line(buf))
+  local file = assert(io.open(%(out)r, "w"))
+  file:write(vim.json.encode(out))
+  file:close()
+  vim.cmd("qa!")
+end)
 """
 
 
@@ -74,13 +99,35 @@ def nvim_binary() -> str:
     return nvim
 
 
-def test_live_canvas_is_drawn_for_the_current_version_only(tmp_path):
-    nvim = nvim_binary()
-    script = tmp_path / "canvas.lua"
-    script.write_text(SCRIPT % {"plugin": str(PLUGIN), "path": str(tmp_path / "x.py")})
-    done = subprocess.run([nvim, "--headless", "--clean", "-c", f"luafile {script}", "-c", "qa!"],
+def test_previews_draw_the_live_canvas_and_the_statusline_says_each_outcome(tmp_path):
+    script, out = tmp_path / "preview.lua", tmp_path / "preview.json"
+    script.write_text(PREVIEW_SCRIPT % {"plugin": str(PLUGIN), "path": str(tmp_path / "x.py"), "out": str(out)})
+    done = subprocess.run([nvim_binary(), "--headless", "--clean", "-c", f"luafile {script}"],
                           capture_output=True, text=True, timeout=60)
-    assert "canvas ok" in done.stdout + done.stderr, done.stdout + done.stderr
+    assert out.exists(), done.stdout + done.stderr
+    seen = json.loads(out.read_text())
+    # Character 19 (UTF-16) is byte 20: the line holds a two-byte é before it.
+    assert seen["drawn"][:7] == [
+        [1, 20, "1 + 2"],
+        [1, 20, "1 + 2"],  # a canvas for an older version is not drawn
+        [1, 20, "1 + 2 + 3"],
+        [1, 20, "1 + 2 + 3"],  # ended with text: left for the request's answer to replace
+        [1, 20, "1 + 2 + 3"],  # a draft's preview while no draft of ours runs: not drawn
+        [1, 20, "5"],  # Neovim 0.10's column conversion: the same column
+        None,  # ended with nothing shown: the canvas goes
+    ]
+    assert seen["said"] == [
+        "dglsp: superseded",  # nothing better to say yet
+        "dglsp 84 ms",
+        "dglsp 84 ms",  # a stopped request does not replace the last outcome
+        "dglsp: low confidence 0.41 < 0.73",
+        "dglsp: low confidence 0.41 < 0.73",
+        "dglsp: did not parse",
+        "dglsp: repeated the code below",
+        "dglsp: server error: the remote server refused the connection",
+        "dglsp: loading 35%",
+        "dglsp: model failed to load: no such model: /x",
+    ]
 
 
 # Two-byte é (one UTF-16 unit), four-byte emoji (two UTF-16 units, one UTF-32 unit), then ASCII.

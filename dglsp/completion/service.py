@@ -17,6 +17,7 @@ Two hooks come from the server: `on_log` (one line per request, mirrored to the 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import logging
@@ -148,15 +149,24 @@ class CompletionService:
         """
         request_id = next(self._request_ids)
         begin = time.perf_counter()
-        outcome = await self._suggest(request_id, document, offset, draft, on_commit, job, on_step)
+        try:
+            outcome = await self._suggest(request_id, document, offset, draft, on_commit, job, on_step)
+        except asyncio.CancelledError:  # the client cancelled the request: counted, then the cancel goes on
+            self._record(document.uri, draft, self._empty(request_id, document.uri,
+                                                          NoSuggestion(Reason.CANCELLED, "by the client")), begin)
+            raise
+        self._record(document.uri, draft, outcome, begin)
+        return outcome
+
+    def _record(self, uri: str, draft: bool, outcome: Edit | NoSuggestion, begin: float) -> None:
+        """Count a request's outcome, and keep it as the last one (what the editor's status line shows)."""
         latency_ms = (time.perf_counter() - begin) * 1000
         if not draft:
             self.outcomes.add("shown" if isinstance(outcome, Edit) else outcome.reason)
-        self.last_outcome = {"uri": document.uri, "latency_ms": round(latency_ms, 1), "kind": "draft" if draft
+        self.last_outcome = {"uri": uri, "latency_ms": round(latency_ms, 1), "kind": "draft" if draft
                              else "completion", **({"shown": True} if isinstance(outcome, Edit) else
                                                     {"shown": False, "reason": outcome.reason.value,
                                                      "detail": outcome.detail})}
-        return outcome
 
     async def _suggest(self, request_id: int, document: Snapshot, offset: int, draft: bool,
                        on_commit: Callable[[str], None] | None, job: Job | None,

@@ -90,7 +90,12 @@ class DglspProtocol(LanguageServerProtocol):
             if not result_future.done():
                 result_future.cancel()
             return
+        before = set(self._request_futures)
         super()._run_generator(future, gen=gen, result_future=result_future)
+        # The step the generator handed to (a command's coroutine: `dglsp.draft`) runs as a task of its own, which
+        # `$/cancelRequest` of the request never reached: a cancelled request now cancels it too.
+        for step in [self._request_futures[key] for key in set(self._request_futures) - before]:
+            result_future.add_done_callback(lambda done, step=step: step.cancel() if done.cancelled() else None)
 
     def handle_message(self, message):
         if message is _UNANSWERABLE:
@@ -229,8 +234,12 @@ class DglspServer(LanguageServer):
         def step(passes: int, text: str) -> None:  # the live canvas
             preview(Edit(offset, offset, text), False, passes=passes)
 
-        found = await self.service.suggest(document, offset, draft=draft, on_commit=committed if draft else None,
-                                           job=job, on_step=step if live else None)
+        try:
+            found = await self.service.suggest(document, offset, draft=draft, on_commit=committed if draft else None,
+                                               job=job, on_step=step if live else None)
+        except asyncio.CancelledError:  # `$/cancelRequest`: the preview still ends, saying so
+            preview(Edit(offset, offset, ""), True, NoSuggestion(Reason.CANCELLED, "by the client"))
+            raise
         latency = self.service.last_outcome["latency_ms"] if self.service.last_outcome else None
         if isinstance(found, NoSuggestion):
             preview(Edit(offset, offset, ""), True, found, latency)

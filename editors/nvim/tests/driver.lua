@@ -6,7 +6,7 @@
 -- and quits. It checks nothing itself: tests/test_nvim.py asserts on that JSON.
 local out = assert(vim.env.DGLSP_OUT, "DGLSP_OUT")
 local draft_section
-local results = { steps = {}, server_log = {}, sent = {}, responses = {} }
+local results = { steps = {}, server_log = {}, sent = {}, responses = {}, previews = {}, focus = {} }
 local co
 
 local function finish(err)
@@ -61,6 +61,9 @@ local function snapshot(name)
     index = inline.inspect(bufnr).index,
     stats = vim.deepcopy(inline.stats),
     responses_seen = #results.responses,
+    previews_seen = #results.previews,
+    focus_sent = #results.focus,
+    statusline = dglsp.statusline(),
   }
   table.insert(results.steps, step)
   return step
@@ -79,8 +82,90 @@ local function type_until_ghost(chars)
   return false
 end
 
+-- Every `dglsp/preview` as it arrives, and what the statusline said once the plugin had handled it.
+local function record_previews()
+  local handle = vim.lsp.handlers["dglsp/preview"]
+  vim.lsp.handlers["dglsp/preview"] = function(err, params, ctx, config)
+    handle(err, params, ctx, config)
+    local record = {
+      kind = params.kind,
+      version = params.version,
+      done = params.done,
+      text = params.text,
+      reason = params.reason or vim.NIL,
+      detail = params.detail or vim.NIL,
+      latency_ms = params.latency_ms or vim.NIL,
+      statusline = dglsp.statusline(),
+    }
+    table.insert(results.previews, record)
+    if params.kind == "draft" then
+      table.insert(results.draft.previews, record)
+    end
+  end
+end
+
+-- A request to the server, waited for.
+local function ask(method, params)
+  local answer
+  require("dglsp.lsp").request(vim.lsp.get_clients({ name = "dglsp" })[1], method, params, function(err, result)
+    answer = { error = err or vim.NIL, result = result or vim.NIL }
+  end)
+  wait_for(function()
+    return answer ~= nil
+  end, 5000)
+  return answer or { error = "no answer" }
+end
+
+-- Entering a buffer and a jump in normal mode send `dglsp/focus`; the server encodes the prompt there.
+local function focus_section()
+  local sample = bufnr
+  vim.cmd.edit(vim.env.DGLSP_WORKDIR .. "/other.py")
+  vim.bo.filetype = "python"
+  sleep(400)
+  vim.cmd.buffer(sample)
+  sleep(400)
+  vim.cmd("normal! G")
+  sleep(400)
+  results.focus_uris =
+    { other = vim.uri_from_fname(vim.env.DGLSP_WORKDIR .. "/other.py"), sample = vim.uri_from_bufnr(0) }
+  local stats
+  wait_for(function()
+    stats = ask("workspace/executeCommand", { command = "dglsp.stats", arguments = {} }).result
+    return type(stats) == "table" and (stats.prefill_tokens or 0) > 0
+  end, 10000)
+  results.prefill_tokens = type(stats) == "table" and stats.prefill_tokens or vim.NIL
+end
+
+-- The gate hides every suggestion (min_confidence 1.0: the tiny model is never that sure): the statusline says why.
+local function gate_section(opts)
+  opts.settings = vim.tbl_deep_extend("force", opts.settings, { postprocess = { min_confidence = 1.0 } })
+  dglsp.setup(opts) -- sends the changed settings; its handlers replace the recording one
+  record_previews()
+  vim.api.nvim_win_set_cursor(0, { 2, 0 })
+  press("A")
+  local gated
+  for char in (" + a"):gmatch(".") do
+    local seen = #results.previews
+    press(char)
+    local found = wait_for(function()
+      for i = seen + 1, #results.previews do
+        if results.previews[i].reason == "low_confidence" then
+          gated = results.previews[i]
+          return true
+        end
+      end
+      return false
+    end, 15000)
+    if found then
+      break
+    end
+  end
+  results.gated = gated or vim.NIL
+  press("<Esc>")
+end
+
 local draft
-results.draft = { renders = {}, progress = {}, attempts = 0 }
+results.draft = { renders = {}, progress = {}, previews = {}, attempts = 0 }
 
 -- Every ghost render, and whether a draft was still in flight when it happened.
 local function record_renders()
@@ -117,6 +202,7 @@ function draft_section()
     results.draft.attempts = results.draft.attempts + 1
     results.draft.renders = {}
     results.draft.progress = {}
+    results.draft.previews = {}
     press("<M-d>")
     -- A typing event queued behind the draft key asks for a suggestion: none may be sent while drafting.
     local requests_before = inline.stats.requests
@@ -179,6 +265,7 @@ local function main()
   dglsp.setup(opts) -- idempotent: no second mapping, autocmd or server
   table.insert(results.lsp_autocmds, #vim.api.nvim_get_autocmds({ group = "dglsp.lsp" }))
   results.tab_map_desc = vim.fn.maparg("<Tab>", "i", false, true).desc
+  record_previews()
 
   vim.lsp.handlers["window/logMessage"] = function(_, params)
     table.insert(results.server_log, params.message)
@@ -187,7 +274,9 @@ local function main()
   vim.cmd.edit(vim.env.DGLSP_WORKDIR .. "/sample.py")
   vim.bo.filetype = "python"
   vim.bo.expandtab = false
+  results.loading_statuslines = {}
   local ready = wait_for(function()
+    table.insert(results.loading_statuslines, dglsp.statusline())
     local status
     require("dglsp.lsp").status(function(_, s)
       status = s
@@ -217,12 +306,18 @@ local function main()
   end
   rpc.notify = function(method, params)
     table.insert(results.sent, { method = method, id = method == "$/cancelRequest" and params.id or vim.NIL })
+    if method == "dglsp/focus" then
+      table.insert(results.focus, params)
+    end
     return notify(method, params)
   end
   results.clients = #vim.lsp.get_clients({ name = "dglsp" })
   if not ready then
     return finish("server never became ready")
   end
+
+  -- 0. Focus: entering a buffer, a jump.
+  focus_section()
 
   -- 1. Type, see ghost text, accept it with <Tab>.
   vim.api.nvim_win_set_cursor(0, { 2, 0 })
@@ -275,7 +370,10 @@ local function main()
   -- 6. Drafts (:DglspDraft): what was drawn while drafting, what the server streamed, accept, cancel.
   draft_section()
 
-  -- 6. Status, toggle, health.
+  -- 7. Hidden by the gate: the statusline says why.
+  gate_section(opts)
+
+  -- 8. Status, toggle, health.
   local status_text
   dglsp.status(function(text)
     status_text = text

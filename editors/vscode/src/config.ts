@@ -1,5 +1,5 @@
 /**
- * Settings -> server command, `initializationOptions` and status-bar text.
+ * Settings -> server command and `initializationOptions`.
  *
  * Pure functions with no `vscode` import, so Node's test runner tests them directly. The
  * extension reads VS Code's configuration into a `DglspConfig` and calls these; the server
@@ -35,15 +35,6 @@ export interface Configuration {
   /** The value in effect; package.json's default when the user set none. */
   get<T>(key: string): T | undefined;
   inspect<T>(key: string): InspectedSetting<T> | undefined;
-}
-
-/** The answer to the server's `dglsp/status` request. */
-export interface ServerStatus {
-  model: string | null;
-  device: string;
-  ready: boolean;
-  last_latency_ms: number | null;
-  load_message: string;
 }
 
 /**
@@ -148,37 +139,4 @@ export function needsRestart(before: DglspConfig, after: DglspConfig): boolean {
   }
   const sent = new Set(settingPaths(initializationOptions(after)));
   return settingPaths(initializationOptions(before)).some((path) => !sent.has(path));
-}
-
-function baseName(path: string): string {
-  const parts = path.split(/[\\/]/).filter((part) => part.length > 0);
-  return parts.length > 0 ? parts[parts.length - 1] : path;
-}
-
-/** Status-bar text and tooltip: `$(sparkle) dglsp: <model> · <device> · <latency>`. */
-export function statusText(
-  status: ServerStatus | undefined,
-  enabled: boolean,
-  roundTripMs?: number,
-): { text: string; tooltip: string } {
-  if (!status) {
-    return { text: "$(circle-slash) dglsp: not running", tooltip: "dglsp: the server is not running" };
-  }
-  const model = status.model ? baseName(status.model) : "embedded";
-  const icon = !enabled ? "$(circle-slash)" : status.ready ? "$(sparkle)" : "$(loading~spin)";
-  const parts = [`${icon} dglsp: ${model}`, status.device];
-  if (!status.ready) {
-    parts.push(status.load_message);
-  } else if (status.last_latency_ms !== null) {
-    parts.push(`${Math.round(status.last_latency_ms)} ms`);
-  }
-  const tooltip = [
-    `model: ${status.model ?? "embedded"}`,
-    `device: ${status.device}`,
-    `state: ${status.ready ? "ready" : status.load_message}`,
-    `suggestions: ${enabled ? "on" : "off"}`,
-    status.last_latency_ms !== null ? `last latency: ${status.last_latency_ms.toFixed(0)} ms (server)` : "",
-    roundTripMs !== undefined ? `round trip: ${roundTripMs.toFixed(0)} ms` : "",
-  ].filter((line) => line.length > 0);
-  return { text: parts.join(" · "), tooltip: tooltip.join("\n") };
 }

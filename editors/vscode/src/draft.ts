@@ -1,10 +1,11 @@
 /**
  * "dglsp: Draft here" without VS Code: the `dglsp.draft` argument and how its progress is shown.
  *
- * The server drafts canvas after canvas, reports each committed canvas's draft-so-far as the
- * `message` of `$/progress` on a token it creates (`dglsp/draft/N`), and then applies the whole
- * draft with one `workspace/applyEdit` (one undo step). Pure functions (no `vscode` import), so
- * Node's test runner tests them directly; extension.ts is the glue.
+ * The server drafts canvas after canvas, reports each committed canvas as `$/progress` on a token it
+ * creates (`dglsp/draft/N`, its `message` a summary of the draft so far: shown as it is) and as a
+ * `dglsp/preview` of kind "draft" (the whole draft so far), and then applies the whole draft with one
+ * `workspace/applyEdit` (one undo step). Pure functions (no `vscode` import), so Node's test runner
+ * tests them directly; extension.ts is the glue.
  */
 
 /** An LSP position (UTF-16 code units, which VS Code's positions already are). */
@@ -41,16 +42,6 @@ export function draftArgument(uri: string, anchor: DraftPosition, active: DraftP
 /** Is this server-created work-done token a draft's (as opposed to, say, model loading)? */
 export function isDraftToken(token: string | number): boolean {
   return typeof token === "string" && token.startsWith(DRAFT_TOKEN_PREFIX);
-}
-
-/**
- * A notification shows a line or two: the draft's last `maxLines` non-empty lines, with the count
- * of lines so far, so the user sees it grow.
- */
-export function progressMessage(draftSoFar: string, maxLines = 2): string {
-  const lines = draftSoFar.split("\n");
-  const shown = lines.filter((line) => line.trim().length > 0).slice(-maxLines).map((line) => line.trim());
-  return `${lines.length} line${lines.length === 1 ? "" : "s"}: ${shown.join(" ⏎ ")}`;
 }
 
 /** The command's answer: `applied` false with empty text when cancelled or nothing was drafted. */

@@ -6,11 +6,17 @@
  *
  * "dglsp: Draft here" (`dglsp.draftHere`) runs the server's `dglsp.draft` at the cursor (or after
  * the selection) in a cancellable notification that shows the draft growing (the server's
- * `$/progress` reports, taken from the client's own progress handling by middleware); cancelling
+ * `$/progress` summaries, taken from the client's own progress handling by middleware); cancelling
  * sends `$/cancelRequest`, and the server's `workspace/applyEdit` inserts the draft (one undo step).
  *
- * This file is glue only; what settings mean (command line, initializationOptions, status text)
- * lives in `config.ts`, the draft's argument and messages in `draft.ts`, both tested without VS Code.
+ * The client declares `experimental.dglsp.preview`: every request then ends with a `dglsp/preview`
+ * notification saying what was shown or why nothing was, which the status bar shows (with the model's
+ * loading progress from `dglsp/status`). Where the cursor goes (another editor, a jump) is sent as
+ * `dglsp/focus`, so that the server prepares the prompt there.
+ *
+ * This file is glue only; what settings mean (command line, initializationOptions) lives in `config.ts`,
+ * the draft's argument and messages in `draft.ts`, the status bar's words in `status.ts`, when to send
+ * `dglsp/focus` in `focus.ts`, all tested without VS Code.
  */
 import * as vscode from "vscode";
 import {
@@ -20,21 +26,46 @@ import {
   type LanguageClientOptions,
   LSPErrorCodes,
   ResponseError,
+  type StaticFeature,
 } from "vscode-languageclient/node";
 
-import { DRAFT_COMMAND, type DraftResult, draftArgument, draftOutcome, isDraftToken, progressMessage } from "./draft";
-import { type DglspConfig, type ServerStatus, initializationOptions, needsRestart, readConfig, serverCommand, statusText } from "./config";
+import { type DglspConfig, initializationOptions, needsRestart, readConfig, serverCommand } from "./config";
+import { DRAFT_COMMAND, type DraftResult, draftArgument, draftOutcome, isDraftToken } from "./draft";
+import { type Cursor, FOCUS_DELAY_MS, FOCUS_METHOD, focusParams, isJump } from "./focus";
+import {
+  type Outcome,
+  PREVIEW_METHOD,
+  type Preview,
+  STATUS_METHOD,
+  type ServerStatus,
+  nextOutcome,
+  statusText,
+  withPreviewCapability,
+} from "./status";
 
 const SECTION = "dglsp";
-const STATUS_REQUEST = "dglsp/status";
 
 let client: LanguageClient | undefined;
 let output: vscode.LogOutputChannel;
 let statusItem: vscode.StatusBarItem;
 let config: DglspConfig;
 let lastRoundTripMs: number | undefined;
+let serverStatus: ServerStatus | undefined;
+let lastOutcome: Outcome | undefined;
+let lastCursor: Cursor | undefined;
+let focusTimer: ReturnType<typeof setTimeout> | undefined;
 // The running draft's notification; while it is set, draft progress goes there (not the status bar).
-let showDraft: ((draftSoFar: string) => void) | undefined;
+let showDraft: ((summary: string) => void) | undefined;
+
+/** vscode-languageclient fills client capabilities through features: this one declares ours. */
+const previewCapability: StaticFeature = {
+  fillClientCapabilities: (capabilities) => {
+    capabilities.experimental = withPreviewCapability(capabilities.experimental);
+  },
+  initialize: () => undefined,
+  getState: () => ({ kind: "static" }),
+  clear: () => undefined,
+};
 
 function currentConfig(): DglspConfig {
   return readConfig(vscode.workspace.getConfiguration(SECTION));
@@ -55,7 +86,7 @@ function createClient(cfg: DglspConfig): LanguageClient {
         const result = await next(document, position, context, token);
         if (!token.isCancellationRequested) {
           lastRoundTripMs = Date.now() - begin;
-          void refreshStatus();
+          showStatus();
         }
         return result;
       },
@@ -71,24 +102,61 @@ function createClient(cfg: DglspConfig): LanguageClient {
       },
     },
   };
-  return new LanguageClient("dglsp", "dglsp", { command, args }, clientOptions);
+  const created = new LanguageClient("dglsp", "dglsp", { command, args }, clientOptions);
+  created.registerFeature(previewCapability);
+  created.onNotification(PREVIEW_METHOD, (preview: Preview) => {
+    if (!preview.done) {
+      return; // partial text: VS Code draws ghost text itself, and drafts show the progress summaries
+    }
+    lastOutcome = nextOutcome(lastOutcome, preview);
+    if (preview.reason === "loading" || preview.reason === "load_failed") {
+      void refreshStatus(); // the model is (re)loading: show its progress
+    } else {
+      showStatus();
+    }
+  });
+  return created;
+}
+
+function showStatus(): void {
+  const { text, tooltip } = statusText(serverStatus, config.enable, lastOutcome, lastRoundTripMs);
+  statusItem.text = text;
+  statusItem.tooltip = tooltip;
 }
 
 async function refreshStatus(): Promise<void> {
   let status: ServerStatus | undefined;
   if (client?.isRunning()) {
     try {
-      status = await client.sendRequest<ServerStatus>(STATUS_REQUEST, {});
+      status = await client.sendRequest<ServerStatus>(STATUS_METHOD, {});
     } catch (error) {
       output.warn(`dglsp/status failed: ${String(error)}`);
     }
   }
-  const { text, tooltip } = statusText(status, config.enable, lastRoundTripMs);
-  statusItem.text = text;
-  statusItem.tooltip = tooltip;
-  // Poll while the model loads, so the bar says when it is ready.
-  if (status && !status.ready) {
-    setTimeout(() => void refreshStatus(), 1000);
+  serverStatus = status;
+  showStatus();
+  // Poll while the model loads, so the bar shows its progress and says when it is ready.
+  if (status?.state === "loading") {
+    setTimeout(() => void refreshStatus(), 500);
+  }
+}
+
+/** Send `dglsp/focus` (debounced) when the cursor moved to another document or jumped. */
+function noteCursor(editor: vscode.TextEditor | undefined): void {
+  if (!editor || !config.languages.includes(editor.document.languageId)) {
+    return;
+  }
+  const { line, character } = editor.selection.active;
+  const cursor = { uri: editor.document.uri.toString(), version: editor.document.version, line, character };
+  const jump = isJump(lastCursor, cursor);
+  lastCursor = cursor;
+  if (jump) {
+    clearTimeout(focusTimer);
+    focusTimer = setTimeout(() => {
+      if (client?.isRunning()) {
+        void client.sendNotification(FOCUS_METHOD, focusParams(cursor));
+      }
+    }, FOCUS_DELAY_MS);
   }
 }
 
@@ -101,11 +169,14 @@ async function startClient(): Promise<void> {
     void vscode.window.showErrorMessage(`dglsp: the server did not start (see "dglsp: Show Server Log").`);
   }
   await refreshStatus();
+  lastCursor = undefined;
+  noteCursor(vscode.window.activeTextEditor);
 }
 
 async function restartClient(): Promise<void> {
   const old = client;
   client = undefined;
+  lastOutcome = undefined;
   await old?.stop().catch((error: unknown) => output.warn(`stopping the server: ${String(error)}`));
   await startClient();
 }
@@ -137,7 +208,7 @@ async function draftHere(): Promise<void> {
   const argument = draftArgument(editor.document.uri.toString(), anchor, active);
   const options = { location: vscode.ProgressLocation.Notification, title: "dglsp: drafting", cancellable: true };
   await vscode.window.withProgress(options, async (progress, token) => {
-    showDraft = (draftSoFar) => progress.report({ message: progressMessage(draftSoFar) });
+    showDraft = (summary) => progress.report({ message: summary });
     try {
       // The token's cancel becomes `$/cancelRequest`: the server stops within one step, applies nothing.
       const result = (await running.sendRequest(ExecuteCommandRequest.type, { command: DRAFT_COMMAND, arguments: [argument] }, token)) as DraftResult | null;
@@ -173,10 +244,13 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("dglsp.restart", () => restartClient()),
     vscode.commands.registerCommand("dglsp.draftHere", () => draftHere()),
     vscode.workspace.onDidChangeConfiguration((event) => onConfigurationChanged(event)),
+    vscode.window.onDidChangeActiveTextEditor((editor) => noteCursor(editor)),
+    vscode.window.onDidChangeTextEditorSelection((event) => noteCursor(event.textEditor)),
   );
   await startClient();
 }
 
 export async function deactivate(): Promise<void> {
+  clearTimeout(focusTimer);
   await client?.stop();
 }

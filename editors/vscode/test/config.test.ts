@@ -1,4 +1,4 @@
-// Unit tests of the extension's logic (no VS Code): settings -> command, initializationOptions, status.
+// Unit tests of the extension's settings logic (no VS Code): settings -> command, initializationOptions.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -13,7 +13,6 @@ import {
   needsRestart,
   readConfig,
   serverCommand,
-  statusText,
 } from "../src/config";
 
 type Property = { default?: unknown; type?: string | string[]; description?: string };
@@ -141,15 +140,4 @@ test("unsetting a setting the server was sent restarts it (the server keeps the 
   assert.equal(needsRestart(config({ settings: { sampler: { max_steps: 8 } } }), config()), true);
   // Still sent through dglsp.settings: no restart.
   assert.equal(needsRestart(config({ canvasLength: 8 }), config({ settings: { sampler: { canvas_length: 8 } } })), false);
-});
-
-test("status text: not running, loading, ready with latency, turned off", () => {
-  assert.match(statusText(undefined, true).text, /not running/);
-  const loading = { model: null, device: "cpu", ready: false, last_latency_ms: null, load_message: "warming up" };
-  assert.equal(statusText(loading, true).text, "$(loading~spin) dglsp: embedded · cpu · warming up");
-  const ready = { model: "/models/dg-small", device: "cuda:0", ready: true, last_latency_ms: 41.6, load_message: "ready" };
-  const shown = statusText(ready, true, 97);
-  assert.equal(shown.text, "$(sparkle) dglsp: dg-small · cuda:0 · 42 ms");
-  assert.match(shown.tooltip, /round trip: 97 ms/);
-  assert.match(statusText(ready, false).text, /^\$\(circle-slash\)/);
 });

@@ -1,11 +1,11 @@
-// Unit tests of "dglsp: Draft here"'s logic (no VS Code): the command argument, the progress routing
-// and messages, and the manifest entries that make the command reachable.
+// Unit tests of "dglsp: Draft here"'s logic (no VS Code): the command argument, the progress routing,
+// what the user is told, and the manifest entries that make the command reachable.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 
-import { draftArgument, draftOutcome, isDraftToken, progressMessage } from "../src/draft";
+import { draftArgument, draftOutcome, isDraftToken } from "../src/draft";
 
 const ROOT = join(__dirname, "..", "..");
 const URI = "file:///w/a.py";
@@ -29,12 +29,6 @@ test("only the server's draft tokens are routed to the draft notification", () =
   assert.equal(isDraftToken("dglsp/draft/12"), true);
   assert.equal(isDraftToken("dglsp/load"), false);
   assert.equal(isDraftToken(7), false);
-});
-
-test("the progress message shows the last lines of the draft so far and how long it is", () => {
-  assert.equal(progressMessage("def f():\n    return 1\n"), "3 lines: def f(): ⏎ return 1");
-  assert.equal(progressMessage("x = 1"), "1 line: x = 1");
-  assert.equal(progressMessage("a\nb\nc\nd", 1), "4 lines: d");
 });
 
 test("what the user is told after the command answered", () => {

@@ -1,8 +1,9 @@
 // The client-server conversation VS Code has with the real `dglsp serve` (real tiny model), spoken
 // with the protocol libraries vscode-languageclient uses: VS Code's capability set, inline
 // completion, cancellation through a CancellationToken (-> `$/cancelRequest`), and the way VS Code
-// re-asks while you type (cancel the running request, wait 50 ms, ask again), and "dglsp: Draft here"
-// (`dglsp.draft`: progress on a server-created token, one versioned workspace/applyEdit; cancel -> nothing).
+// re-asks while you type (cancel the running request, wait 50 ms, ask again), "dglsp: Draft here"
+// (`dglsp.draft`: progress on a server-created token, one versioned workspace/applyEdit; cancel -> nothing),
+// and the `dglsp/preview` channel the extension opts in to (each request's end: what was shown, or why not).
 //
 // Model: $DGLSP_TEST_MODEL, or a tiny random-weight DiffusionGemma built here with dglsp.tools.modelzoo.
 // Python: $DGLSP_TEST_PYTHON, or the repo's .venv, or python3.
@@ -49,6 +50,8 @@ import {
 
 import { DEFAULTS, initializationOptions } from "../src/config";
 import { DRAFT_COMMAND, type DraftResult, draftArgument, isDraftToken } from "../src/draft";
+import { FOCUS_METHOD } from "../src/focus";
+import { PREVIEW_METHOD, type Preview, STATUS_METHOD, type ServerStatus, describeOutcome, withPreviewCapability } from "../src/status";
 import vscodeClient from "./vscode-capabilities.json";
 
 const REPO = join(__dirname, "..", "..", "..", "..");
@@ -98,6 +101,7 @@ let text = TEXT;
 type ProgressValue = WorkDoneProgressBegin | WorkDoneProgressReport | WorkDoneProgressEnd;
 const progress = new Map<string | number, ProgressValue[]>();
 const appliedEdits: ApplyWorkspaceEditParams[] = [];
+const previews: Preview[] = [];
 
 // What VS Code sends (see config.ts), plus a seed, a server-side wait and a schedule that never
 // stops early, so that a request is still running when the test types over it on any machine.
@@ -106,7 +110,7 @@ const options = {
   ...initializationOptions({ ...DEFAULTS, canvasLength: 16, debounceMs: 150 }),
   sampler: { canvas_length: 16, seed: 1, max_steps: 12, confidence_threshold: 1e-9 },
   draft: { max_tokens: 64 }, // up to 4 canvases of 16
-  latency: { typing_through: false, speculative: false },
+  latency: { typing_through: false, prefetch: false },
   postprocess: { hide_unparsable: false }, // random weights write token soup: show it anyway
 };
 
@@ -146,6 +150,18 @@ function askInline(position: Position, token = new CancellationTokenSource().tok
   ) as Promise<InlineCompletionList | null>;
 }
 
+/** The first `done` preview of `kind` since `previews[since]` (it comes before the answer, or just after). */
+async function doneSince(since: number, kind = "completion"): Promise<Preview> {
+  for (let waited = 0; waited < 5_000; waited += 10) {
+    const done = previews.slice(since).find((preview) => preview.done && preview.kind === kind);
+    if (done) {
+      return done;
+    }
+    await sleep(10);
+  }
+  assert.fail(`no done dglsp/preview of kind ${kind}`);
+}
+
 before(async () => {
   const model = modelDir();
   server = spawn(python, ["-m", "dglsp", "serve", "--model", model], { stdio: ["pipe", "pipe", "pipe"] });
@@ -174,12 +190,19 @@ before(async () => {
   connection.onNotification(ShowMessageNotification.type, (params) => {
     shownMessages.push(params.message);
   });
+  connection.onNotification(PREVIEW_METHOD, (params: Preview) => {
+    previews.push(params);
+  });
   connection.listen();
   initializeResult = await connection.sendRequest(InitializeRequest.type, {
     processId: process.pid,
     rootUri: null,
     clientInfo: vscodeClient.clientInfo,
-    capabilities: vscodeClient.capabilities as ClientCapabilities,
+    // What the extension's feature adds to VS Code's set: experimental.dglsp.preview.
+    capabilities: {
+      ...(vscodeClient.capabilities as ClientCapabilities),
+      experimental: withPreviewCapability((vscodeClient.capabilities as ClientCapabilities).experimental),
+    },
     initializationOptions: options,
   });
   await connection.sendNotification(InitializedNotification.type, {});
@@ -187,8 +210,8 @@ before(async () => {
     textDocument: { uri: URI, languageId: "python", version, text },
   });
   for (let waited = 0; waited < 120_000; waited += 200) {
-    const status = await connection.sendRequest<{ ready: boolean }>("dglsp/status", {});
-    if (status.ready) {
+    const status = await connection.sendRequest<ServerStatus>(STATUS_METHOD, {});
+    if (status.state === "ready") {
       return;
     }
     await sleep(200);
@@ -215,8 +238,19 @@ test("an inline completion request is answered with items at the cursor", async 
   let position = endOf(text.trimEnd());
   let offered = 0;
   for (const char of "tota") {
+    const since = previews.length;
     const result = await askInline(position);
     assert.ok(result && Array.isArray(result.items));
+    // Its end on the preview channel: the text shown, or "" and why nothing was.
+    const done = await doneSince(since);
+    assert.equal(typeof done.latency_ms, "number");
+    if (result.items.length > 0) {
+      assert.equal(done.text, result.items[0].insertText);
+      assert.equal(done.reason, undefined);
+    } else {
+      assert.equal(done.text, "");
+      assert.ok(done.reason, "a hidden suggestion's preview carries no reason");
+    }
     for (const item of result.items) {
       assert.equal(typeof item.insertText, "string");
       assert.ok((item.insertText as string).length > 0);
@@ -229,13 +263,56 @@ test("an inline completion request is answered with items at the cursor", async 
     position = type(char, position);
   }
   assert.ok(offered > 0, "no suggestion at any of the positions tried");
-  const status = await connection.sendRequest<{ ready: boolean; last_latency_ms: number | null; device: string }>(
-    "dglsp/status",
-    {},
-  );
+  const status = await connection.sendRequest<ServerStatus>(STATUS_METHOD, {});
   assert.equal(status.ready, true);
+  assert.equal(status.state, "ready");
   assert.equal(typeof status.last_latency_ms, "number");
   assert.equal(status.device, "cpu");
+  assert.equal(status.last?.shown, true);
+  assert.ok((status.outcomes.shown ?? 0) >= 1);
+});
+
+test("a hidden suggestion's dglsp/preview end carries its reason, which the status bar says", async () => {
+  // The tiny random model is never this sure: the gate hides everything that survives post-processing.
+  const gated = { ...options, postprocess: { ...options.postprocess, min_confidence: 1.0 } };
+  await connection.sendNotification(DidChangeConfigurationNotification.type, { settings: gated });
+  let position = endOf(text.trimEnd());
+  const reasons: string[] = [];
+  for (const char of " + b * a") {
+    const since = previews.length;
+    const result = await askInline(position);
+    assert.deepEqual(result?.items ?? [], []);
+    const done = await doneSince(since);
+    assert.equal(done.text, "");
+    assert.ok(done.reason, "a hidden suggestion's preview carries no reason");
+    assert.equal(typeof done.latency_ms, "number");
+    reasons.push(done.reason);
+    if (done.reason === "low_confidence") {
+      assert.match(done.detail ?? "", /^confidence \d\.\d\d < 1\.00$/);
+      assert.equal(describeOutcome(done), `dglsp: low ${done.detail}`);
+      const status = await connection.sendRequest<ServerStatus>(STATUS_METHOD, {});
+      assert.equal(status.last?.reason, "low_confidence");
+      assert.equal(status.last?.shown, false);
+      assert.ok((status.outcomes.low_confidence ?? 0) >= 1);
+      await connection.sendNotification(DidChangeConfigurationNotification.type, { settings: options });
+      return;
+    }
+    position = type(char, position);
+  }
+  assert.fail(`the gate never hid a suggestion (reasons: ${reasons.join(", ")})`);
+});
+
+test("dglsp/focus is accepted (the server prepares the prompt there)", async () => {
+  await connection.sendNotification(FOCUS_METHOD, { textDocument: { uri: URI }, position: { line: 0, character: 0 } });
+  let prefilled = 0;
+  for (let waited = 0; prefilled === 0 && waited < 5_000; waited += 50) {
+    const stats = (await connection.sendRequest(ExecuteCommandRequest.type, { command: "dglsp.stats", arguments: [] })) as {
+      prefill_tokens: number;
+    };
+    prefilled = stats.prefill_tokens;
+    await sleep(50);
+  }
+  assert.ok(prefilled > 0, "the server encoded nothing where the cursor went");
 });
 
 test("cancelling the token sends $/cancelRequest and the request ends as cancelled", async () => {
@@ -249,6 +326,17 @@ test("cancelling the token sends $/cancelRequest and the request ends as cancell
   // ...and the server goes on serving.
   const status = await connection.sendRequest<{ ready: boolean }>("dglsp/status", {});
   assert.equal(status.ready, true);
+});
+
+test("a request cancelled by the client ends with a dglsp/preview saying so", async () => {
+  const since = previews.length;
+  const source = new CancellationTokenSource();
+  const pending = askInline(endOf(text.trimEnd()), source.token);
+  await sleep(100);
+  source.cancel();
+  await pending.catch(() => undefined);
+  const done = await doneSince(since);
+  assert.equal(done.reason, "cancelled");
 });
 
 test("typing: each keystroke cancels the running request, VS Code re-asks 50 ms later, the last one is answered", async () => {
@@ -302,6 +390,7 @@ test("dglsp.draft: progress on a server-created token, then one edit on the draf
     const draftedVersion = version;
     const edits = appliedEdits.length;
     const tokens = draftTokens().length;
+    const since = previews.length;
     const result = await askDraft(position);
     const token = draftTokens().slice(tokens)[0];
     assert.ok(token !== undefined, "the draft reported no progress");
@@ -324,7 +413,13 @@ test("dglsp.draft: progress on a server-created token, then one edit on the draf
     assert.deepEqual(change.edits[0].range.start, position);
     const reports = values.filter((value): value is WorkDoneProgressReport => value.kind === "report");
     assert.ok(reports.length >= 1, "no committed canvas was reported");
-    assert.equal(reports.at(-1)!.message, result.text.slice(-2000));
+    // The progress message is the server's summary, shown as it is; the whole draft comes as previews.
+    assert.ok(reports.every((report) => /^\d+ lines?: /.test(report.message ?? "")), reports.map((r) => r.message).join(" | "));
+    const done = await doneSince(since, "draft");
+    const streamed = previews.slice(since).filter((preview) => preview.kind === "draft" && !preview.done);
+    assert.ok(streamed.length >= 1, "no committed canvas was previewed");
+    assert.equal(streamed.at(-1)!.text, result.text);
+    assert.deepEqual([done.text, done.reason], [result.text, undefined]);
     return;
   }
   assert.fail("every draft came back empty");

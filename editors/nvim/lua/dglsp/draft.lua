@@ -2,9 +2,9 @@
 ---
 --- Sends `workspace/executeCommand` `dglsp.draft` with `apply = false` at the cursor (insert mode:
 --- the cursor; normal mode: after the character under it) or, with a range (visual mode), after the
---- end of its last line. The server streams the draft-so-far as the `message` of `$/progress`
---- reports on a token it creates (`dglsp/draft/N`); each report is drawn as ghost text, so the draft
---- grows on screen. Its answer `{ text, range }` stays as ghost text for `accept()` (insert it) or
+--- end of its last line. The server streams the draft so far as `dglsp/preview` notifications of kind
+--- "draft" (`dglsp.preview` hands ours to `on_preview`); each is drawn as ghost text, so the draft grows
+--- on screen. Its answer `{ text, range }` stays as ghost text for `accept()` (insert it) or
 --- `dismiss()`. One draft at a time. `cancel()` (also `dismiss()` while drafting) sends
 --- `$/cancelRequest`: the server stops within one denoising step and nothing is inserted. An edit
 --- to the buffer cancels a draft in flight (the server drops it too) and removes a shown one.
@@ -15,7 +15,6 @@ local lsp = require("dglsp.lsp")
 
 local M = {}
 
-local TOKEN_PREFIX = "dglsp/draft/"
 local REQUEST_CANCELLED = -32800
 
 -- Counters for the tests and :DglspStatus.
@@ -30,7 +29,8 @@ M.stats = { started = 0, renders = 0, cancelled = 0, accepted = 0, last_error = 
 ---@field end_row integer end of the text the draft replaces (the server's range; usually the anchor)
 ---@field end_col integer
 ---@field tick integer changedtick the draft is for
----@field token string? the server's progress token, learnt from its `begin`
+---@field uri string
+---@field position lsp.Position where the server drafts (its previews' range starts there)
 ---@field text string? the final draft (nil while drafting)
 ---@field mark integer? extmark id of our ghost text
 ---@field cursor integer[]? cursor when the final draft was shown
@@ -45,17 +45,9 @@ local function draw(draft, text)
   draft.mark = ghost.render(draft.bufnr, draft.row, draft.col, text)
 end
 
--- Is the ghost text on screen still ours (nobody cleared or redrew it)?
-local function ours(draft)
-  if not (draft.mark and vim.api.nvim_buf_is_valid(draft.bufnr)) then
-    return false
-  end
-  return #vim.api.nvim_buf_get_extmark_by_id(draft.bufnr, ghost.ns, draft.mark, {}) > 0
-end
-
--- ...and is it still true (the buffer unchanged)?
+-- Is our ghost text still on screen (nobody cleared or redrew it), and still true (the buffer unchanged)?
 local function shown(draft)
-  return ours(draft) and vim.api.nvim_buf_get_changedtick(draft.bufnr) == draft.tick
+  return ghost.has(draft.bufnr, draft.mark) and vim.api.nvim_buf_get_changedtick(draft.bufnr) == draft.tick
 end
 
 -- Forget `draft`: its autocommands and its ghost text (not someone else's).
@@ -65,7 +57,7 @@ local function finish(draft)
     inline.held[draft.bufnr] = nil
   end
   pcall(vim.api.nvim_del_augroup_by_name, "dglsp.draft")
-  if ours(draft) then
+  if ghost.has(draft.bufnr, draft.mark) then
     ghost.clear(draft.bufnr)
   end
 end
@@ -109,23 +101,19 @@ function M.accept()
   return true
 end
 
---- `$/progress` from the server: draw the draft-so-far of our draft's token.
-function M.on_progress(result, ctx)
+--- A `dglsp/preview` of kind "draft" from `client_id`: draw the draft so far, if it is our draft's.
+function M.on_preview(params, client_id)
   local draft = current
-  if not (draft and draft.text == nil and type(result) == "table" and ctx and ctx.client_id == draft.client.id) then
+  if not (draft and draft.text == nil and not params.done and client_id == draft.client.id) then
     return
   end
-  local token, value = result.token, result.value
-  if type(token) ~= "string" or token:sub(1, #TOKEN_PREFIX) ~= TOKEN_PREFIX or type(value) ~= "table" then
-    return
-  end
-  if value.kind == "begin" and draft.token == nil then
-    draft.token = token -- the first draft token to begin after our request is our draft's
-  elseif token == draft.token and value.kind == "report" and type(value.message) == "string" then
-    if vim.api.nvim_buf_get_changedtick(draft.bufnr) == draft.tick then
-      draw(draft, value.message)
-      M.stats.renders = M.stats.renders + 1
-    end
+  local start = type(params.range) == "table" and params.range.start or {}
+  local here = params.uri == draft.uri
+    and start.line == draft.position.line
+    and start.character == draft.position.character
+  if here and type(params.text) == "string" and vim.api.nvim_buf_get_changedtick(draft.bufnr) == draft.tick then
+    draw(draft, params.text)
+    M.stats.renders = M.stats.renders + 1
   end
 end
 
@@ -205,15 +193,13 @@ function M.start(range)
   inline.held[bufnr] = true
   local encoding = client.offset_encoding or "utf-16"
   local argument = { uri = vim.uri_from_bufnr(bufnr), apply = false }
-  local row, col
+  local row, col, position
   if range then
     row = range[2] - 1
     local line = line_at(bufnr, row)
     col = #line
-    argument.range = {
-      start = { line = range[1] - 1, character = 0 },
-      ["end"] = { line = row, character = compat.char_col(line, encoding, col) },
-    }
+    position = { line = row, character = compat.char_col(line, encoding, col) }
+    argument.range = { start = { line = range[1] - 1, character = 0 }, ["end"] = position }
   else
     local cursor = vim.api.nvim_win_get_cursor(0)
     row, col = cursor[1] - 1, cursor[2]
@@ -222,7 +208,8 @@ function M.start(range)
       -- Normal mode: the cursor is on a character; draft after it, as `a` would insert.
       col = col + #vim.fn.strcharpart(line:sub(col + 1), 0, 1)
     end
-    argument.position = { line = row, character = compat.char_col(line, encoding, col) }
+    position = { line = row, character = compat.char_col(line, encoding, col) }
+    argument.position = position
   end
   ---@type dglsp.Draft
   local draft = {
@@ -233,6 +220,8 @@ function M.start(range)
     end_row = row,
     end_col = col,
     tick = vim.api.nvim_buf_get_changedtick(bufnr),
+    uri = argument.uri,
+    position = position,
   }
   current = draft
   watch(draft)
@@ -254,7 +243,7 @@ function M.start(range)
   return true
 end
 
---- What is going on, for tests and :DglspStatus: nil, or { drafting = bool, text, row, col, token }.
+--- What is going on, for tests and :DglspStatus: nil, or { drafting = bool, text, row, col, request_id }.
 function M.inspect()
   local draft = current
   if not draft then
@@ -265,26 +254,8 @@ function M.inspect()
     text = draft.text,
     row = draft.row,
     col = draft.col,
-    token = draft.token,
     request_id = draft.request_id,
   }
-end
-
-local previous_handler
-local function progress_handler(err, result, ctx, config)
-  M.on_progress(result, ctx)
-  if previous_handler then
-    return previous_handler(err, result, ctx, config)
-  end
-end
-
---- Chain our `$/progress` handler in front of the existing one (idempotent).
-function M.setup()
-  local existing = vim.lsp.handlers["$/progress"]
-  if existing ~= progress_handler then
-    previous_handler = existing
-    vim.lsp.handlers["$/progress"] = progress_handler
-  end
 end
 
 return M

@@ -2,8 +2,8 @@
 ---
 --- `render(bufnr, row, col, text)` shows `text` as if inserted at (row, col) (0-based row,
 --- byte col): the first line inline after the cursor, the rest as virtual lines below.
---- One ghost per buffer; rendering again replaces it. Reusable for any text (e.g. a live
---- canvas streamed by the server).
+--- One ghost per buffer; rendering again replaces it. Every ghost text is drawn here: suggestions
+--- (`dglsp.inline`), drafts (`dglsp.draft`) and the server's previews (`dglsp.preview`).
 local M = {}
 
 M.ns = vim.api.nvim_create_namespace("dglsp.ghost")
@@ -46,6 +46,11 @@ function M.clear(bufnr)
   if vim.api.nvim_buf_is_valid(bufnr) then
     vim.api.nvim_buf_clear_namespace(bufnr, M.ns, 0, -1)
   end
+end
+
+--- Is the ghost text that `render` returned `id` for still on screen (nobody cleared or redrew it)?
+function M.has(bufnr, id)
+  return id ~= nil and vim.api.nvim_buf_is_valid(bufnr) and #vim.api.nvim_buf_get_extmark_by_id(bufnr, M.ns, id, {}) > 0
 end
 
 --- The ghost text as drawn: { row, col, text } or nil. Reads the extmark back, not our state.

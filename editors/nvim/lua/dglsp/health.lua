@@ -1,4 +1,5 @@
---- :checkhealth dglsp — Neovim version, the server executable, the running server, model and device.
+--- :checkhealth dglsp — Neovim version, the server executable, the running server, model and device,
+--- and what became of the suggestions (the last one, and how often each reason hid one).
 local M = {}
 
 function M.check()
@@ -56,10 +57,12 @@ function M.check()
     health.error("dglsp/status failed: " .. tostring(err))
     return
   end
-  if status.ready then
+  if status.state == "ready" then
     health.ok("model: " .. tostring(status.model))
+  elseif status.state == "loading" then
+    health.warn(("model loading (%s%%): %s"):format(status.load_percent or "?", tostring(status.load_message)))
   else
-    health.warn("model not ready: " .. tostring(status.load_message))
+    health.error("model failed to load: " .. tostring(status.load_message))
   end
   if tostring(status.device):match("^cuda") then
     health.ok("device: " .. tostring(status.device))
@@ -68,6 +71,23 @@ function M.check()
       "device: " .. tostring(status.device),
       { "suggestions are slow without a GPU; --device cuda if you have one" }
     )
+  end
+
+  health.start("dglsp: suggestions")
+  local last = status.last
+  if type(last) == "table" then
+    local said = last.reason and require("dglsp.status").describe(last):gsub("^dglsp: ", "") or "shown"
+    health.info(("last %s: %s (%.0f ms)"):format(last.kind, said, last.latency_ms or 0))
+  else
+    health.info("no suggestion asked for yet")
+  end
+  local counts = {}
+  for outcome, count in pairs(status.outcomes or {}) do
+    table.insert(counts, ("%s %d"):format(outcome, count))
+  end
+  table.sort(counts)
+  if #counts > 0 then
+    health.info("outcomes: " .. table.concat(counts, ", "))
   end
 end
 

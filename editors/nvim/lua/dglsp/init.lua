@@ -3,13 +3,14 @@
 --- `require("dglsp").setup(opts)` may be called any number of times: each call re-resolves the
 --- options (see `dglsp.config` for the documented defaults), re-maps the keys, re-attaches the
 --- configured filetypes and sends changed settings to a running server.
-local canvas = require("dglsp.canvas")
 local config = require("dglsp.config")
-local draft = require("dglsp.draft")
+local focus = require("dglsp.focus")
 local ghost = require("dglsp.ghost")
 local inline = require("dglsp.inline")
 local keymaps = require("dglsp.keymaps")
 local lsp = require("dglsp.lsp")
+local preview = require("dglsp.preview")
+local status = require("dglsp.status")
 
 local M = {}
 
@@ -36,9 +37,19 @@ function M.setup(opts)
   inline.builtin = use_builtin(resolved.use_builtin)
   inline.set_enabled(resolved.enabled)
   keymaps.apply(resolved.keys)
-  draft.setup() -- `$/progress` handler: draws a draft as it grows (`:DglspDraft`)
-  canvas.setup() -- draws `dglsp/canvas` notifications when the server's latency.live_canvas is on
-  lsp.setup(resolved, inline.attach)
+  preview.setup() -- `dglsp/preview`: a draft as it grows, the live canvas, each request's outcome
+  lsp.setup(resolved, function(bufnr, client)
+    inline.attach(bufnr)
+    focus.attach(bufnr)
+    status.watch(client) -- the model's loading progress, for the statusline
+  end)
+end
+
+--- The statusline text: the last suggestion's latency (`dglsp 84 ms`), or why it was hidden
+--- (`dglsp: low confidence 0.41 < 0.73`), or the model loading (`dglsp: loading 35%`); "" where dglsp is
+--- not attached. E.g. `vim.o.statusline = "%f %= %{v:lua.require'dglsp'.statusline()}"`.
+function M.statusline()
+  return status.line()
 end
 
 --- Turn automatic suggestions on or off (`:DglspToggle`).
@@ -47,14 +58,18 @@ function M.toggle()
   vim.notify("dglsp: suggestions " .. (inline.enabled and "on" or "off"))
 end
 
-local function format_status(status, stats)
+local function format_status(answer, stats)
+  local ready = answer.state == "ready"
   local parts = {
-    ("dglsp %s"):format(status.ready and "ready" or ("loading (" .. tostring(status.load_message) .. ")")),
-    "model " .. tostring(status.model or "embedded"),
-    "device " .. tostring(status.device),
+    ("dglsp %s"):format(ready and "ready" or ("%s (%s)"):format(answer.state, tostring(answer.load_message))),
+    "model " .. tostring(answer.model or "embedded"),
+    "device " .. tostring(answer.device),
   }
-  if status.last_latency_ms ~= vim.NIL and status.last_latency_ms then
-    table.insert(parts, ("last latency %.0f ms (server)"):format(status.last_latency_ms))
+  if answer.last_latency_ms then
+    table.insert(parts, ("last latency %.0f ms (server)"):format(answer.last_latency_ms))
+  end
+  if type(answer.last) == "table" and answer.last.reason then
+    table.insert(parts, "last hidden: " .. status.describe(answer.last):gsub("^dglsp: ", ""))
   end
   if stats.last_latency_ms then
     table.insert(parts, ("%.0f ms (round trip)"):format(stats.last_latency_ms))
@@ -72,8 +87,8 @@ end
 
 --- Show model, device and latency (`:DglspStatus`); `callback(text)` gets the line too.
 function M.status(callback)
-  lsp.status(function(err, status)
-    local text = err and ("dglsp: " .. tostring(err.message)) or format_status(status, inline.stats)
+  lsp.status(function(err, answer)
+    local text = err and ("dglsp: " .. tostring(err.message)) or format_status(answer, inline.stats)
     vim.api.nvim_echo({ { text } }, true, {})
     if callback then
       callback(text)

@@ -2,7 +2,8 @@
 ---
 --- Settings go to the server as `initializationOptions` and, when `setup()` runs again, as
 --- `workspace/didChangeConfiguration`. The client advertises `textDocument.inlineCompletion`
---- so that the server answers inline completions (and not `textDocument/completion`).
+--- so that the server answers inline completions (and not `textDocument/completion`), and
+--- `experimental.dglsp.preview` so that it streams partial text and outcomes (`dglsp.preview`).
 local compat = require("dglsp.compat")
 
 local M = {}
@@ -24,6 +25,7 @@ function M.capabilities()
   -- 0.10/0.11 have no inline-completion client: we are it, so we advertise it ourselves.
   capabilities.textDocument.inlineCompletion = capabilities.textDocument.inlineCompletion
     or { dynamicRegistration = false }
+  capabilities.experimental = vim.tbl_extend("force", capabilities.experimental or {}, { dglsp = { preview = true } })
   return capabilities
 end
 
@@ -52,8 +54,8 @@ function M.attach(bufnr, config, on_attach)
     capabilities = M.capabilities(),
     -- Our requests flush pending didChange themselves; no extra delay on the server's view.
     flags = { debounce_text_changes = 0 },
-    on_attach = function(_, attached)
-      on_attach(attached)
+    on_attach = function(client, attached)
+      on_attach(attached, client)
     end,
   }, {
     bufnr = bufnr,
@@ -85,7 +87,7 @@ function M.setup(config, on_attach)
   end
 end
 
---- Ask the server for `dglsp/status` ({model, device, ready, last_latency_ms, load_message}).
+--- Ask the server for `dglsp/status` ({model, device, state, load_message, load_percent, last, outcomes, ...}).
 ---@param callback fun(err: table?, status: table?)
 function M.status(callback)
   local client = M.client()
