@@ -172,6 +172,9 @@ class NextEditSettings:
     belongs, from the document's recent edits."""
 
     enabled: bool = True
+    # model: the model rewrites the region; substitution: the last edit's substitution at its next occurrence
+    # (a find-and-replace that follows the user: no model run, deterministic; the editors' tests use it).
+    predictor: Literal["model", "substitution"] = "model"
     radius: int = 3  # the cursor's region: its line and this many lines either side
     history_edits: int = 8  # recent edits (unified diffs) in the prompt
     snippet_tokens: int = 512  # the prompt's budget for the edits and the region's current text

@@ -168,3 +168,14 @@ def test_a_chat_model_gets_the_edit_as_an_instruction_with_the_region_marked(hub
     assert EDIT_INSTRUCTION.split(".")[0] in rendered
     assert f"{REGION_MARKERS[0]}print(area(2, 3))\n{REGION_MARKERS[1]}" in rendered
     assert "+def surface(w, h):" in rendered
+
+
+def test_the_substitution_predictor_repeats_the_last_edit_without_a_model(bundle):
+    text, history = history_after(SOURCE, "area(w, h)", "surface(w, h)")
+    settings, _ = Settings().updated({"next_edit": {"predictor": "substitution"}})
+    editor = scripted_editor(bundle, "never asked", 0.9)
+    proposal = editor.propose(text, text.index("surface") + 7, history.edits(URI), [], settings)
+    assert proposal.edit is not None and proposal.edit.apply(text).startswith("def surface(w, h)")
+    assert text[proposal.edit.start:proposal.edit.end] == "area" and proposal.edit.text == "surface"
+    quiet = editor.propose(SOURCE, 0, [], [], settings)
+    assert quiet.edit is None and quiet.hidden.reason is Reason.NO_EDIT

@@ -168,6 +168,10 @@ class NextEditor:
         stats = GenerationStats()
         raw, confidence = "", None
         region = None
+        if settings.next_edit.predictor == "substitution":
+            edit = repeat_substitution(text, cursor, history)
+            hidden = None if edit is not None else NoSuggestion(Reason.NO_EDIT, "no substitution to repeat")
+            return EditProposal(edit, hidden, None, "", stats, None, _ms(begin))
         for region in candidate_regions(text, cursor, history, settings.next_edit.radius):
             proposal = self._rewrite(text, region, diffs, settings, path, language_id, should_stop, cache_key)
             edit, raw, confidence, stats = proposal
