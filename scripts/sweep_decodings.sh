@@ -18,6 +18,8 @@ eval_row prefix90 --decoding diffusion --policy prefix --prefix-threshold 0.9 --
 eval_row prefix70 --decoding diffusion --policy prefix --prefix-threshold 0.7 --eos-freeze true --max-steps 32
 eval_row prefix50 --decoding diffusion --policy prefix --prefix-threshold 0.5 --eos-freeze true --max-steps 32
 eval_row line16 --decoding diffusion --line-canvas-length 16
+eval_row jacobi --decoding speculative --verify-steps 0
+eval_row encoder-gate --decoding diffusion --gate encoder --calibrate
 for mix in 0 0.25 0.5 0.75; do
   eval_row "speculative$mix" --decoding speculative --verify-mix "$mix"
 done

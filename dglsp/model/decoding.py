@@ -8,7 +8,8 @@
   greedy token-by-token decoding.
 * `speculative` — `verified`, where each check also seeds the next draft with the encoder's predictions
   past the first disagreement (at no extra pass; Jacobi decoding's "recycling"), and accepts under
-  `verify_mix` (the canvas's weight in the acceptance logits; 0 keeps the text exactly greedy).
+  `verify_mix` (the canvas's weight in the acceptance logits; 0 keeps the text exactly greedy). With
+  `verify_steps` 0 those guesses are the draft itself (Jacobi iteration: one encoder pass a round).
 * `autoregressive` — propose nothing but the pending token; accept: one encoder pass, one token.
 
 Every decoding returns its stats (forward passes, steps, tokens per check) with the token ids.
@@ -172,7 +173,9 @@ class Verified:
             return True
         canvas: CanvasResult | None = None
         draft = [run.pending]
-        if self.draft_steps:
+        if self.speculative and run.schedule.verify_steps == 0 and run.seed_tokens:
+            draft = [run.pending, *run.seed_tokens[1:length]]  # Jacobi: the last check's guesses, no decoder pass
+        elif self.draft_steps:
             schedule = replace(run.schedule, canvas_length=length, max_steps=run.schedule.verify_steps or 1)
             canvas = _denoise(run, schedule, fixed=[run.pending])
             if canvas.stopped:
