@@ -94,3 +94,15 @@ def test_random_weight_shapes_benchmark_runs_on_a_scaled_config(capsys):
     assert result["parameters_b"] > 0.01 and result["prefill_ms"]["64"] > 0
     assert result["step_ms_eager"]["8"] > 0 and "CUDA only" in result["step_ms_compiled"]
     assert result["peak_memory_gb"] > 0
+
+
+def test_step_benchmark_splits_each_pass_by_phase_against_its_floor(tiny_model_dir, capsys):
+    assert main(["bench", "step", "--model", str(tiny_model_dir), "--threads", "1", "--prefill-tokens", "300",
+                 "--canvas-lengths", "16", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [row["pass"].split(" (")[0] for row in result["rows"]] == ["denoising step", "encoder one-token pass",
+                                                                      "prefill chunk"]
+    for row in result["rows"]:
+        assert row["ms"] > 0 and row["matmul_ms"] > 0 and row["floor_ms"] > 0
+        assert row["ratio"] == pytest.approx(row["ms"] / row["floor_ms"], rel=0.05)
+    assert result["rows"][0]["sampling_ms"] > 0 and result["sampling"] == "fast"
