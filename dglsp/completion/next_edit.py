@@ -31,6 +31,7 @@ from dglsp.model.backend import GenerationStats
 
 WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\S")
 HISTORY_SNIPPET = "recent edits (unified diffs, oldest first)"
+GROWTH_TOKENS = 4  # room a region leaves in its canvas for the rewrite to be longer than the text it replaces
 
 
 @dataclass(frozen=True)
@@ -99,15 +100,33 @@ def next_occurrence(text: str, substitution: Substitution, after: int) -> int | 
     return found.start() if found else None
 
 
-def candidate_regions(text: str, cursor: int, history: list[HistoryEdit], radius: int) -> list[Region]:
+def fitted_region(text: str, offset: int, radius: int, fits: Callable[[str], bool], why: str = "cursor") -> Region:
+    """The line holding `offset`, grown a line at a time (below, then above) up to `radius` lines either side
+    while its text still `fits` (one canvas: a rewrite cut short would delete the region's rest)."""
+    region = line_region(text, offset, 0, why)
+    for _ in range(radius):
+        grown = False
+        below = line_region(text, region.end, 0).end if region.end < len(text) else region.end
+        if below != region.end and fits(text[region.start:below]):
+            region, grown = Region(region.start, below, why), True
+        above = line_region(text, region.start - 1, 0).start if region.start > 0 else 0
+        if above != region.start and fits(text[above:region.end]):
+            region, grown = Region(above, region.end, why), True
+        if not grown:
+            break
+    return region
+
+
+def candidate_regions(text: str, cursor: int, history: list[HistoryEdit], radius: int,
+                      fits: Callable[[str], bool] = lambda region: True) -> list[Region]:
     """Where to look, most likely first: the last edit's substitution's next occurrence, then the cursor."""
     regions: list[Region] = []
     substitution = substitution_of(history[-1]) if history else None
     if substitution is not None:
         occurrence = next_occurrence(text, substitution, cursor)
         if occurrence is not None:
-            regions.append(line_region(text, occurrence, radius, "substitution"))
-    cursor_region = line_region(text, cursor, radius)
+            regions.append(fitted_region(text, occurrence, radius, fits, "substitution"))
+    cursor_region = fitted_region(text, cursor, radius, fits)
     if not any(region.start <= cursor < region.end for region in regions):
         regions.append(cursor_region)
     return regions
@@ -142,7 +161,14 @@ def edit_context(text: str, region: Region, path: str, language_id: str, diffs: 
     before = text[max(0, region.start - settings.max_prefix_tokens * settings.chars_per_token):region.start]
     after = text[region.end:region.end + settings.max_suffix_tokens * settings.chars_per_token]
     current = text[region.start:region.end]
-    snippets: tuple[Snippet, ...] = (Snippet(HISTORY_SNIPPET, "\n".join(diffs)),) if diffs else ()
+    # The newest edits that fit beside the region (the prompt drops a snippet over budget whole).
+    budget = settings.max_snippet_tokens * settings.chars_per_token // 2 - len(current)
+    kept: list[str] = []
+    for diff in reversed(diffs):
+        if sum(map(len, kept)) + len(diff) > budget:
+            break
+        kept.insert(0, diff)
+    snippets: tuple[Snippet, ...] = (Snippet(HISTORY_SNIPPET, "\n".join(kept)),) if kept else ()
     snippets += (Snippet(f"{path or 'untitled'} (the region to rewrite)", current),)
     return CursorContext(encodable(before), encodable(after), path, language_id, snippets, offset=region.start,
                          rewrite=encodable(current))
@@ -172,7 +198,13 @@ class NextEditor:
             edit = repeat_substitution(text, cursor, history)
             hidden = None if edit is not None else NoSuggestion(Reason.NO_EDIT, "no substitution to repeat")
             return EditProposal(edit, hidden, None, "", stats, None, _ms(begin))
-        for region in candidate_regions(text, cursor, history, settings.next_edit.radius):
+        canvas = self.completer.backend.defaults.canvas_length
+        tokenizer = self.completer.tokenizer
+
+        def fits(region_text: str) -> bool:  # one canvas (and EOS), with room to grow
+            return len(tokenizer.encode(region_text, add_special_tokens=False)) <= canvas - 1 - GROWTH_TOKENS
+
+        for region in candidate_regions(text, cursor, history, settings.next_edit.radius, fits):
             proposal = self._rewrite(text, region, diffs, settings, path, language_id, should_stop, cache_key)
             edit, raw, confidence, stats = proposal
             if stats.stopped:
@@ -207,6 +239,8 @@ class NextEditor:
         raw = completer.decode(generation.token_ids)
         rewrite = _whole_lines(strip_fences(raw), current)  # a chat model may fence its answer
         edit = smallest_edit(current, rewrite, region.start) if generation.finished else None
+        if edit is not None and _drops_the_tail(current, rewrite, edit, region):
+            edit = None  # a rewrite that stops early reads as deleting the region's last lines: never show that
         confidence = None
         if edit is not None and generation.token_logprobs is not None:
             head = edit.start - region.start  # the rewrite's text before the change
@@ -228,6 +262,12 @@ def span_confidence(token_ids: list[int], logprobs: list[float], before: str, th
     first = shown_token_count(token_ids, before, decode) if before.strip() else 0
     last = max(first + 1, shown_token_count(token_ids, through, decode))
     return confidence(logprobs[first:last], last - first) or 0.0
+
+
+def _drops_the_tail(current: str, rewrite: str, edit: Edit, region: Region) -> bool:
+    """The rewrite is shorter by whole lines and the change runs to the region's end: a cut-off answer."""
+    return edit.end == region.end and rewrite.count("\n") < current.count("\n") and current.startswith(
+        rewrite.rstrip("\n"))
 
 
 def _whole_lines(rewrite: str, current: str) -> str:

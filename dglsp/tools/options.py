@@ -12,11 +12,12 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from dglsp import config
+
 DEFAULT_WORK_DIR = Path(os.environ.get("DGLSP_TRAIN_DIR", Path.home() / "dglsp-train"))
 PRESET_NAMES = ("tiny", "small", "base", "deep")  # modelzoo.PRESETS (a test checks they agree)
 BENCHMARKS = ("single-line", "multi-line", "random-span")
-DECODINGS = ("diffusion", "autoregressive", "verified", "speculative")  # dglsp.model.decoding (a test checks)
-POLICIES = ("entropy_bound", "prefix")
+DECODINGS, POLICIES = config.DECODINGS, config.POLICIES
 EVAL_MODES = ("humaneval", "agreement", "repo", "gate", "curve", "edits")
 BENCH_MODES = ("typing", "draft", "shapes", "step", "edit")
 REPO_HOLE_KINDS = ("rest-of-line", "whole-line", "block", "random-span")
@@ -220,6 +221,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                             help="prefix policy: the argmax probability a committed position needs")
     human_eval.add_argument("--eos-freeze", type=_boolean, default=None,
                             help="after a confident EOS the tail is padding (default: the model's)")
+    human_eval.add_argument("--sampling", choices=("reference", "fast", "fused"), default=None,
+                            help="how a step samples (default: the device's serving path; reference: bit-exact "
+                                 "with transformers' generate())")
     human_eval.add_argument("--gate", choices=("canvas", "encoder"), default=None,
                             help="whose probability of the shown tokens the confidence gate reads (default: the "
                                  "model's)")
@@ -292,6 +296,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         "server takes --settings)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--sampling", choices=("reference", "fast", "fused"), default=None,
+                        help="step: how a step samples (default: the device's serving path)")
     typing = parser.add_argument_group(
         "typing session (the default): replay human typing over LSP against `dglsp serve` and print latencies")
     typing.add_argument("--files", nargs="*", type=Path, help="source files to type functions from "
@@ -337,9 +343,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     shapes.add_argument("--oom-check", action="store_true",
                         help="CUDA: fill the device and check the out-of-memory retry and report")
     edit = parser.add_argument_group(
-        "edit (`dglsp bench edit`): one next-edit proposal rewriting a region of a real file after a rename above it, "
-        "cold (the first after loading) and warm (p50/p95 over --prompts places), forward passes per proposal; also "
-        "--files, --prompts, --settings")
+        "edit (`dglsp bench edit`): one next-edit proposal rewriting a region of a real file after a rename on the "
+        "cursor's line, cold (the first after loading) and warm (p50/p95 over --prompts places), forward passes per "
+        "proposal; also --files, --prompts, --settings")
     edit.add_argument("--radius", type=int, default=10,
                       help="lines either side of the cursor's line: the region is 2 x RADIUS + 1 lines "
                            "(default %(default)s)")

@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -27,6 +28,9 @@ from dglsp.config import ContextSettings
 from dglsp.model.loading import EMBEDDED_MODEL_DIR
 from dglsp.tools import corpus, modelzoo, options
 from dglsp.tools.options import TrainConfig
+
+if TYPE_CHECKING:
+    from dglsp.tools.training.edit_examples import EditMixer
 
 # What an editor asks for, most often first: the line after the indent an editor just inserted (cursor after
 # the indent, the suffix opens with the newline), a whole line from its start, the rest of a line, a block,
@@ -160,11 +164,14 @@ def collate(examples: list[Example], canvas_length: int, pad_id: int, eos_id: in
 
 
 class ExampleStream:
-    """Batches of examples grouped by prompt length, deterministic in (seed, step) so a resumed run goes on."""
+    """Batches of examples grouped by prompt length, deterministic in (seed, step) so a resumed run goes on.
+    With `edits` and `cfg.edit_prob` > 0, each drawn example is a next edit with that probability
+    (`edit_examples.py`); otherwise the stream draws exactly what it drew before next edits existed."""
 
     def __init__(self, files: list[corpus.SourceFile], tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
-                 cfg: TrainConfig, canvas: int):
+                 cfg: TrainConfig, canvas: int, edits: EditMixer | None = None):
         self.files = files
+        self.edits = edits if cfg.edit_prob > 0 else None
         self.weights = [len(f.text) ** 0.5 for f in files]  # sqrt: long files matter more, without dominating
         self.tokenizer, self.fmt, self.cfg, self.canvas = tokenizer, fmt, cfg, canvas
         self.pool: list[Example] = []
@@ -190,6 +197,10 @@ class ExampleStream:
         return [e for b in batches for e in b]
 
     def _example(self, file: corpus.SourceFile, rng: random.Random) -> Example:
+        if self.edits is not None and rng.random() < self.cfg.edit_prob:
+            edit = self.edits.example(rng)
+            if edit is not None:
+                return edit
         siblings = self._siblings(file, rng) if rng.random() < self.cfg.snippet_prob else []
         return make_example(file, rng, self.tokenizer, self.fmt, self.canvas, self.cfg.max_prefix_tokens,
                             self.cfg.max_suffix_tokens, siblings, self.cfg.max_snippet_tokens)
@@ -248,7 +259,7 @@ def make_shard(path: Path, count: int, work_dir: Path, cfg: TrainConfig, log: Lo
     train_files, held_out, tokenizer, manifest = prepare(work_dir, cfg, log)
     fmt = PromptFormat("fim", dict(modelzoo.SPECIAL_TOKENS))
     canvas = cfg.canvas_length or modelzoo.PRESETS[cfg.preset].canvas_length
-    stream = ExampleStream(train_files, tokenizer, fmt, cfg, canvas)
+    stream = ExampleStream(train_files, tokenizer, fmt, cfg, canvas, edit_mixer(cfg, tokenizer, fmt, canvas, log))
     examples: list[Example] = []
     step = 0
     while len(examples) < count:
@@ -290,9 +301,11 @@ def data(work_dir: Path, cfg: TrainConfig, canvas: int, log: Log) -> tuple[Examp
     fmt = PromptFormat("fim", dict(modelzoo.SPECIAL_TOKENS))
     if not cfg.shard:
         train_files, held_out, tokenizer, manifest = prepare(work_dir, cfg, log)
-        return (ExampleStream(train_files, tokenizer, fmt, cfg, canvas),
+        return (ExampleStream(train_files, tokenizer, fmt, cfg, canvas, edit_mixer(cfg, tokenizer, fmt, canvas, log)),
                 held_out_batches(held_out, tokenizer, fmt, cfg, canvas), tokenizer, manifest,
                 f"{len(train_files)} training files, {len(held_out)} held out")
+    if cfg.edit_prob > 0:
+        log("--edits/--edit-prob: a shard's examples were fixed when it was made (make it with them); ignored")
     shard = torch.load(cfg.shard, weights_only=False)
     assert shard["version"] == SHARD_VERSION and shard["canvas_length"] == canvas, "a shard of another kind"
     shard_tokenizer = prepare_tokenizer(work_dir, cfg, log)
@@ -360,6 +373,16 @@ def shipped_model(cfg: TrainConfig) -> Path | None:
     if not all((directory / name).is_file() for name in ("dglsp.json", "tokenizer.json")):
         return None
     return directory
+
+
+def edit_mixer(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, canvas: int,
+               log: Log) -> EditMixer | None:
+    """The next edits a run mixes in (`--edits`, `--edit-prob`), or None: imported only when asked for."""
+    if cfg.edit_prob <= 0:
+        return None
+    from dglsp.tools.training.edit_examples import edit_mixer as load
+
+    return load(cfg, tokenizer, fmt, canvas, log)
 
 
 def is_held_out(file: corpus.SourceFile) -> bool:
