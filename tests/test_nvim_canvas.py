@@ -1,6 +1,6 @@
 """The Neovim plugin's preview channel (editors/nvim/lua/dglsp/preview.lua: the live canvas drawn, each request's
-end recorded), the statusline's words for each outcome (status.lua), and its column conversions (compat.lua), in a
-headless Neovim without a server."""
+end recorded), the statusline's words for each outcome, next edits' included (status.lua), and its column conversions
+(compat.lua), in a headless Neovim without a server."""
 
 from __future__ import annotations
 
@@ -80,6 +80,10 @@ vim.schedule(function()
   say({ reason = "unparsable" })
   say({ reason = "repeat" })
   say({ reason = "backend_error", detail = "the remote server refused the connection" })
+  say({ kind = "edit", text = "sum_", latency_ms = 12.0 }) -- the range's start is on line 2 (0-based 1)
+  say({ kind = "edit", reason = "superseded" })
+  say({ kind = "edit", reason = "no_edit", detail = "no substitution to repeat" })
+  say({ kind = "edit", reason = "low_confidence", detail = "confidence 0.41 < 0.73" })
   status.server[999] = { state = "loading", load_percent = 35.2 }
   table.insert(out.said, status.line(buf))
   status.server[999] = { state = "failed", load_message = "no such model: /x" }
@@ -125,9 +129,83 @@ def test_previews_draw_the_live_canvas_and_the_statusline_says_each_outcome(tmp_
         "dglsp: did not parse",
         "dglsp: repeated the code below",
         "dglsp: server error: the remote server refused the connection",
+        "dglsp: edit at line 2",  # a next edit: where it is
+        "dglsp: edit at line 2",
+        "dglsp: no edit",
+        "dglsp: no edit: low confidence 0.41 < 0.73",
         "dglsp: loading 35%",
         "dglsp: model failed to load: no such model: /x",
     ]
+
+
+NEXT_EDIT_SCRIPT = """
+vim.opt.rtp:prepend(%(plugin)r)
+local next_edit = require("dglsp.next_edit")
+local lsp = require("dglsp.lsp")
+local notified = {}
+lsp.notify = function(_, method, params) table.insert(notified, { method, params }) end
+next_edit.setup({ enabled = true, debounce_ms = 300, jump_lines = 6 })
+local buf = vim.api.nvim_get_current_buf()
+vim.api.nvim_buf_set_lines(buf, 0, -1, false, { "def f(a):", "    s = 'é' + a", "    return s", "x = 1" })
+vim.lsp.util.buf_versions[buf] = 5
+vim.api.nvim_win_set_cursor(0, { 2, 0 })
+local client = { id = 1, offset_encoding = "utf-16" }
+local function range(l1, c1, l2, c2)
+  return { start = { line = l1, character = c1 }, ["end"] = { line = l2, character = c2 } }
+end
+local out = {}
+local function show(name, r, text)
+  local command = { title = "t", command = "dglsp.editAccepted", arguments = { { text = text } } }
+  next_edit.show(buf, client, { range = r, text = text, textDocument = { uri = "file:///x.py", version = 5 },
+    command = command })
+  local marks = {}
+  for _, m in ipairs(vim.api.nvim_buf_get_extmarks(buf, next_edit.ns, 0, -1, { details = true })) do
+    local d = m[4]
+    local lines = vim.tbl_map(function(l) return l[1][1] end, d.virt_lines or {})
+    local chunk = d.virt_text and d.virt_text[1] or d.virt_lines and d.virt_lines[1][1]
+    table.insert(marks, { m[2], m[3], d.end_row or vim.NIL, d.end_col or vim.NIL, d.hl_group or vim.NIL,
+      d.virt_text and chunk[1] or vim.NIL, chunk and chunk[2] or vim.NIL, #lines > 0 and lines or vim.NIL })
+  end
+  out[name] = { marks = marks, shown = next_edit.inspect() or vim.NIL }
+end
+-- `'é' + a` (UTF-16 columns 8..15; é is one unit, two bytes) becomes `a`: a change within one line.
+show("one line", range(1, 8, 1, 15), "a")
+-- Lines 2-3 rewritten: the replaced span marked, the lines as they will read below the last.
+show("lines", range(1, 4, 2, 12), "t = a\\n    return t + 1")
+show("insertion", range(2, 12, 2, 12), " * 2")
+show("deletion", range(3, 0, 4, 0), "")
+vim.lsp.util.buf_versions[buf] = 6 -- the buffer moved on: nothing is shown any more
+out.stale = next_edit.inspect() or vim.NIL
+out.stale_marks = #vim.api.nvim_buf_get_extmarks(buf, next_edit.ns, 0, -1, {})
+out.notified = notified
+local file = assert(io.open(%(out)r, "w"))
+file:write(vim.json.encode(out))
+file:close()
+vim.cmd("qa!")
+"""
+
+
+def test_a_next_edit_is_drawn_where_it_lands(tmp_path):
+    """What `dglsp.next_edit` draws for a change within a line (UTF-16 columns of the server to bytes), a multi-line
+    rewrite, an insertion and a deletion; a stale edit is not shown."""
+    script, out = tmp_path / "edit.lua", tmp_path / "edit.json"
+    script.write_text(NEXT_EDIT_SCRIPT % {"plugin": str(PLUGIN), "out": str(out)})
+    done = subprocess.run([nvim_binary(), "--headless", "--clean", "-c", f"luafile {script}"],
+                          capture_output=True, text=True, timeout=60)
+    assert out.exists(), done.stdout + done.stderr
+    seen = json.loads(out.read_text())
+    remove, add, nil = "DglspEditRemove", "DglspEditAdd", None
+    # (row, col, end_row, end_col, hl_group, virt_text, its highlight, virt_lines); columns in bytes.
+    assert seen["one line"]["marks"] == [[1, 8, 1, 16, remove, nil, nil, nil], [1, 16, nil, nil, nil, "a", add, nil]]
+    assert seen["one line"]["shown"] == {"row": 1, "col": 8, "end_row": 1, "end_col": 16, "text": "a", "far": False}
+    assert seen["lines"]["marks"] == [[1, 4, 2, 12, remove, nil, nil, nil],
+                                      [2, 0, nil, nil, nil, nil, add, ["    t = a", "    return t + 1"]]]
+    assert seen["insertion"]["marks"] == [[2, 12, nil, nil, nil, " * 2", add, nil]]
+    assert seen["deletion"]["marks"] == [[3, 0, 3, 5, remove, nil, nil, nil]]  # the last line, through its end
+    assert seen["stale"] is None and seen["stale_marks"] == 0
+    assert [method for method, _ in seen["notified"]] == ["textDocument/didShowInlineEdit"] * 4
+    assert seen["notified"][0][1] == {"item": {"command": {"title": "t", "command": "dglsp.editAccepted",
+                                                           "arguments": [{"text": "a"}]}}}
 
 
 # Two-byte é (one UTF-16 unit), four-byte emoji (two UTF-16 units, one UTF-32 unit), then ASCII.

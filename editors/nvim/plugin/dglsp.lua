@@ -19,3 +19,7 @@ end, { range = true, desc = "dglsp: draft at the cursor (or after the selected l
 vim.api.nvim_create_user_command("DglspDraftCancel", function()
   require("dglsp.draft").cancel()
 end, { desc = "dglsp: stop the draft in flight (nothing is inserted), or remove the shown draft" })
+
+vim.api.nvim_create_user_command("DglspNextEdit", function()
+  require("dglsp.next_edit").request(nil, true)
+end, { desc = "dglsp: ask for the next edit now (shown where it lands; <Tab> jumps to it / applies it)" })

@@ -251,6 +251,93 @@ function draft_section()
   snapshot("draft cancelled")
 end
 
+-- Every extmark of the next-edit namespace, as drawn: position, span, highlight, virtual text and lines.
+local function edit_marks(buf, ns)
+  local function joined(chunks)
+    local text = ""
+    for _, chunk in ipairs(chunks) do
+      text = text .. chunk[1]
+    end
+    return text
+  end
+  local marks = {}
+  for _, found in ipairs(vim.api.nvim_buf_get_extmarks(buf, ns, 0, -1, { details = true })) do
+    local _, row, col, details = unpack(found)
+    table.insert(marks, {
+      row = row,
+      col = col,
+      end_row = details.end_row or vim.NIL,
+      end_col = details.end_col or vim.NIL,
+      hl_group = details.hl_group or vim.NIL,
+      virt_text = details.virt_text and joined(details.virt_text) or vim.NIL,
+      virt_text_hl = details.virt_text and details.virt_text[1][2] or vim.NIL,
+      virt_text_pos = details.virt_text_pos or vim.NIL,
+      virt_lines = details.virt_lines and vim.tbl_map(joined, details.virt_lines) or vim.NIL,
+    })
+  end
+  return marks
+end
+
+-- Next edits (the server's substitution predictor): rename a name; the edit at its next use is drawn there,
+-- <Tab> jumps to it (far) and applies it; the next one (near) is dismissed by <Esc>, asked for again by
+-- :DglspNextEdit and applied by one <Tab>.
+local function next_edit_section(opts)
+  local next_edit = require("dglsp.next_edit")
+  local record = { steps = {} }
+  results.next_edit = record
+  local sample = vim.api.nvim_get_current_buf()
+  vim.cmd.edit(vim.env.DGLSP_WORKDIR .. "/edit.py")
+  vim.bo.filetype = "python"
+  local buf = vim.api.nvim_get_current_buf()
+  sleep(300)
+  local function step(name)
+    local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+    local stats = vim.deepcopy(next_edit.stats)
+    stats.last_error = stats.last_error or vim.NIL
+    table.insert(record.steps, {
+      name = name,
+      lines = vim.api.nvim_buf_get_lines(buf, 0, -1, false),
+      cursor = { row - 1, col },
+      shown = next_edit.inspect() or vim.NIL,
+      marks = edit_marks(buf, next_edit.ns),
+      stats = stats,
+      statusline = dglsp.statusline(),
+      sent_seen = #results.sent,
+      previews_seen = #results.previews,
+    })
+  end
+  local function wait_shown()
+    return wait_for(function()
+      return next_edit.inspect() ~= nil
+    end, 10000)
+  end
+  vim.api.nvim_win_set_cursor(0, { 2, 4 })
+  step("before rename")
+  press("ciwsum_<Esc>")
+  record.far_shown = wait_shown()
+  step("far edit shown")
+  press("<Tab>")
+  step("jumped")
+  press("<Tab>")
+  step("applied")
+  record.near_shown = wait_shown() -- asked again after the applied edit
+  step("near edit shown")
+  press("<Esc>")
+  step("dismissed")
+  sleep(500)
+  step("still dismissed") -- dismissing changes no text: nothing asks again
+  vim.cmd("DglspNextEdit")
+  record.asked_shown = wait_shown()
+  step("asked again")
+  press("<Tab>")
+  step("applied near")
+  sleep(500)
+  record.uri = vim.uri_from_bufnr(buf)
+  -- Automatic next edits off from here on: the gate section's outcome stays the last one.
+  opts.next_edit = { enabled = false }
+  vim.cmd.buffer(sample)
+end
+
 local function main()
   local settings = vim.json.decode(vim.env.DGLSP_SETTINGS or "{}")
   -- A mapping the user had before setup: it must still work when no suggestion is shown.
@@ -258,7 +345,12 @@ local function main()
   dglsp = require("dglsp")
   ghost = require("dglsp.ghost")
   inline = require("dglsp.inline")
-  local opts = { cmd = vim.json.decode(vim.env.DGLSP_CMD), settings = settings, debounce_ms = 30 }
+  local opts = {
+    cmd = vim.json.decode(vim.env.DGLSP_CMD),
+    settings = settings,
+    debounce_ms = 30,
+    next_edit = { debounce_ms = 100 },
+  }
   vim.o.showmode = false
   dglsp.setup(opts)
   results.lsp_autocmds = { #vim.api.nvim_get_autocmds({ group = "dglsp.lsp" }) }
@@ -370,10 +462,13 @@ local function main()
   -- 6. Drafts (:DglspDraft): what was drawn while drafting, what the server streamed, accept, cancel.
   draft_section()
 
-  -- 7. Hidden by the gate: the statusline says why.
+  -- 7. Next edits: shown where they land, jumped to, applied, dismissed.
+  next_edit_section(opts)
+
+  -- 8. Hidden by the gate: the statusline says why.
   gate_section(opts)
 
-  -- 8. Status, toggle, health.
+  -- 9. Status, toggle, health.
   local status_text
   dglsp.status(function(text)
     status_text = text

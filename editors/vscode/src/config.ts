@@ -21,6 +21,10 @@ export interface DglspConfig {
   /** scheduler.debounce_ms; undefined: not set by the user (the server's default). */
   debounceMs: number | undefined;
   settings: Record<string, unknown>;
+  /** Ask for the next edit a pause after each edit (client side; "dglsp: Next Edit" always asks). */
+  nextEdit: boolean;
+  /** The pause, in ms. */
+  nextEditDebounceMs: number;
 }
 
 /** The fields of VS Code's `WorkspaceConfiguration.inspect(key)` read here: the values the user set. */
@@ -51,6 +55,8 @@ export const DEFAULTS: DglspConfig = {
   canvasLength: undefined,
   debounceMs: undefined,
   settings: {},
+  nextEdit: true,
+  nextEditDebounceMs: 300,
 };
 
 /** The value of `key` if the user set one (user, workspace or folder settings), else undefined. */
@@ -76,6 +82,8 @@ export function readConfig(configuration: Configuration): DglspConfig {
     canvasLength: userValue<number>(configuration, "canvasLength"),
     debounceMs: userValue<number>(configuration, "debounceMs"),
     settings: get("settings", DEFAULTS.settings),
+    nextEdit: get("nextEdit.enable", DEFAULTS.nextEdit),
+    nextEditDebounceMs: get("nextEdit.debounceMs", DEFAULTS.nextEditDebounceMs),
   };
 }
 

@@ -45,6 +45,7 @@ export interface Outcome {
   reason?: string;
   detail?: string;
   latency_ms?: number;
+  range?: { start: Position; end: Position };
 }
 
 /** The answer to `dglsp/status`. */
@@ -89,9 +90,26 @@ function short(text: string, limit = 60): string {
   return chars.length > limit ? `${chars.slice(0, limit - 1).join("")}…` : text;
 }
 
-/** `dglsp 84 ms`, or why nothing was shown: `dglsp: low confidence 0.41 < 0.73`, `dglsp: server error: ...`. */
+/** A next edit's outcome: where it is (`dglsp: edit at line 12`), or why there is none. */
+function describeEdit(outcome: Outcome): string {
+  if (!outcome.reason) {
+    return outcome.range ? `dglsp: edit at line ${outcome.range.start.line + 1}` : "dglsp: edit shown";
+  }
+  if (outcome.reason === "no_edit") {
+    return "dglsp: no edit";
+  }
+  return `dglsp: no edit: ${describeOutcome({ reason: outcome.reason, detail: outcome.detail }).replace(/^dglsp: /, "")}`;
+}
+
+/**
+ * `dglsp 84 ms`, or why nothing was shown: `dglsp: low confidence 0.41 < 0.73`, `dglsp: server error: ...`; a next
+ * edit's: `dglsp: edit at line 12`, `dglsp: no edit`.
+ */
 export function describeOutcome(outcome: Outcome): string {
   const { reason } = outcome;
+  if (outcome.kind === "edit") {
+    return describeEdit(outcome);
+  }
   if (!reason) {
     return `dglsp ${Math.round(outcome.latency_ms ?? 0)} ms`;
   }

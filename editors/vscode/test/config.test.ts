@@ -141,3 +141,15 @@ test("unsetting a setting the server was sent restarts it (the server keeps the 
   // Still sent through dglsp.settings: no restart.
   assert.equal(needsRestart(config({ canvasLength: 8 }), config({ settings: { sampler: { canvas_length: 8 } } })), false);
 });
+
+test("next edits: asked a 300 ms pause after an edit by default; client-side settings, never sent to the server", () => {
+  assert.equal(DEFAULTS.nextEdit, true);
+  assert.equal(DEFAULTS.nextEditDebounceMs, 300);
+  const changed = readConfig(
+    vscodeConfiguration({ "nextEdit.enable": { globalValue: false }, "nextEdit.debounceMs": { globalValue: 50 } }),
+  );
+  assert.equal(changed.nextEdit, false);
+  assert.equal(changed.nextEditDebounceMs, 50);
+  assert.deepEqual(initializationOptions(changed), {});
+  assert.equal(needsRestart(config(), changed), false);
+});

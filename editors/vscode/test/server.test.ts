@@ -3,7 +3,9 @@
 // completion, cancellation through a CancellationToken (-> `$/cancelRequest`), and the way VS Code
 // re-asks while you type (cancel the running request, wait 50 ms, ask again), "dglsp: Draft here"
 // (`dglsp.draft`: progress on a server-created token, one versioned workspace/applyEdit; cancel -> nothing),
-// and the `dglsp/preview` channel the extension opts in to (each request's end: what was shown, or why not).
+// and the `dglsp/preview` channel the extension opts in to (each request's end: what was shown, or why not),
+// next edits (`textDocument/copilotInlineEdit` with the deterministic substitution predictor: the answer's shape,
+// the text once it is applied, `didShowInlineEdit`, the accept command, a gone version answered with no edit).
 //
 // Model: $DGLSP_TEST_MODEL, or a tiny random-weight DiffusionGemma built here with dglsp.tools.modelzoo.
 // Python: $DGLSP_TEST_PYTHON, or the repo's .venv, or python3.
@@ -51,6 +53,7 @@ import {
 import { DEFAULTS, initializationOptions } from "../src/config";
 import { DRAFT_COMMAND, type DraftResult, draftArgument, isDraftToken } from "../src/draft";
 import { FOCUS_METHOD } from "../src/focus";
+import { DID_SHOW_METHOD, NEXT_EDIT_METHOD, applyEdit, firstEdit, nextEditParams } from "../src/nextEdit";
 import { PREVIEW_METHOD, type Preview, STATUS_METHOD, type ServerStatus, describeOutcome, withPreviewCapability } from "../src/status";
 import vscodeClient from "./vscode-capabilities.json";
 
@@ -112,6 +115,7 @@ const options = {
   draft: { max_tokens: 64 }, // up to 4 canvases of 16
   latency: { typing_through: false, prefetch: false },
   postprocess: { hide_unparsable: false }, // random weights write token soup: show it anyway
+  next_edit: { predictor: "substitution" }, // the last edit's substitution at its next occurrence: deterministic
 };
 
 function sentIds(method: string): (number | string)[] {
@@ -446,4 +450,88 @@ test("dglsp.draft cancelled through its token: $/cancelRequest goes out, nothing
   await sleep(300);
   assert.equal(appliedEdits.length, edits, "a cancelled draft was applied");
   await connection.sendNotification(DidChangeConfigurationNotification.type, { settings: options });
+});
+
+const EDIT_URI = "file:///tmp/dglsp-vscode/report.py";
+// `total` is renamed on line 2; its next use is on line 14 (far from it), then line 18.
+const EDIT_TEXT = [
+  "def report(values):",
+  "    total = 0",
+  "    for value in values:",
+  "        if value > 0:",
+  '            print("+", value)',
+  "        else:",
+  '            print("-", value)',
+  "        count = len(values)",
+  '    print("count", count)',
+  '    print("values", values)',
+  '    print("done")',
+  "    if not values:",
+  "        return None",
+  '    print("sum", total)',
+  "    mean = 0",
+  "    if count:",
+  "        mean = 1 / count",
+  "    return total, mean",
+  "",
+].join("\n");
+
+test("next edit: after a rename, the edit at the next use in Copilot's shape; applied, it renames that use", async () => {
+  let editText = EDIT_TEXT;
+  let editVersion = 1;
+  await connection.sendNotification(DidOpenTextDocumentNotification.type, {
+    textDocument: { uri: EDIT_URI, languageId: "python", version: editVersion, text: editText },
+  });
+  const change = (range: { start: Position; end: Position }, newText: string) => {
+    editVersion += 1;
+    editText = applyEdit(editText, { range, text: newText });
+    return connection.sendNotification(DidChangeTextDocumentNotification.type, {
+      textDocument: { uri: EDIT_URI, version: editVersion },
+      contentChanges: [{ range, text: newText }],
+    });
+  };
+  await change({ start: { line: 1, character: 4 }, end: { line: 1, character: 9 } }, "sum_"); // the rename
+  const since = previews.length;
+  const result = await connection.sendRequest<{ edits: unknown[] }>(
+    NEXT_EDIT_METHOD,
+    nextEditParams(EDIT_URI, editVersion, { line: 1, character: 8 }),
+  );
+  assert.equal(result.edits.length, 1);
+  const edit = firstEdit(result, EDIT_URI, editVersion);
+  assert.ok(edit, `not an edit of this version: ${JSON.stringify(result)}`);
+  const column = '    print("sum", '.length;
+  assert.deepEqual(edit.range, { start: { line: 13, character: column }, end: { line: 13, character: column + 5 } });
+  assert.equal(edit.text, "sum_");
+  assert.deepEqual(edit.textDocument, { uri: EDIT_URI, version: editVersion });
+  const command = edit.command;
+  assert.ok(command);
+  assert.equal(command.command, "dglsp.editAccepted");
+  const [noted] = command.arguments as { uri: string; version: number; range: unknown; text: string; start: number; end: number }[];
+  assert.deepEqual([noted.uri, noted.version, noted.range, noted.text], [EDIT_URI, editVersion, edit.range, "sum_"]);
+  assert.equal(editText.slice(noted.start, noted.end), "total"); // the server's offsets, into the same text
+  const expected = EDIT_TEXT.replace("    total = 0", "    sum_ = 0").replace('print("sum", total)', 'print("sum", sum_)');
+  assert.equal(applyEdit(editText, edit), expected);
+  // The request's end on the preview channel: the edit's range and text; the status bar says where it is.
+  const done = await doneSince(since, "edit");
+  assert.deepEqual([done.range, done.text, done.reason], [edit.range, "sum_", undefined]);
+  assert.equal(describeOutcome(done), "dglsp: edit at line 14");
+
+  // Shown, then accepted as the extension does: the edit applied (a new version), then the item's command.
+  await connection.sendNotification(DID_SHOW_METHOD, { item: { command } });
+  await change(edit.range, edit.text);
+  assert.equal(editText, expected);
+  const accepted: unknown = await connection.sendRequest(ExecuteCommandRequest.type, {
+    command: command.command,
+    arguments: command.arguments,
+  });
+  assert.equal(accepted, null);
+  // A request about a version that is gone is answered with no edit.
+  const stale = await connection.sendRequest(NEXT_EDIT_METHOD, nextEditParams(EDIT_URI, editVersion - 1, { line: 13, character: column }));
+  assert.deepEqual(stale, { edits: [] });
+  // At the new version: the next use, on line 18.
+  const answer: unknown = await connection.sendRequest(NEXT_EDIT_METHOD, nextEditParams(EDIT_URI, editVersion, { line: 13, character: column + 3 }));
+  const next = firstEdit(answer, EDIT_URI, editVersion);
+  assert.ok(next);
+  assert.equal(next.range.start.line, 17);
+  assert.equal(applyEdit(editText, next), expected.replace("return total, mean", "return sum_, mean"));
 });

@@ -40,6 +40,18 @@ test("each outcome in words: the latency when shown, else why not (with the numb
   assert.equal(long, `dglsp: error: ${"x".repeat(59)}…`);
 });
 
+test("a next edit's outcome: where it is, or why there is none (the Neovim statusline's words)", () => {
+  const range = { start: { line: 11, character: 4 }, end: { line: 11, character: 9 } };
+  assert.equal(describeOutcome({ kind: "edit", range, latency_ms: 12 }), "dglsp: edit at line 12");
+  assert.equal(describeOutcome({ kind: "edit" }), "dglsp: edit shown"); // dglsp/status's `last` has no range
+  assert.equal(describeOutcome({ kind: "edit", reason: "no_edit", detail: "no substitution to repeat" }), "dglsp: no edit");
+  assert.equal(
+    describeOutcome({ kind: "edit", reason: "low_confidence", detail: "confidence 0.41 < 0.73" }),
+    "dglsp: no edit: low confidence 0.41 < 0.73",
+  );
+  assert.equal(nextOutcome({ kind: "edit", range }, { kind: "edit", reason: "superseded" }).range, range);
+});
+
 test("a stopped request (superseded, cancelled...) does not replace the last outcome that ran to its end", () => {
   const said: string[] = [];
   let outcome: Outcome | undefined;

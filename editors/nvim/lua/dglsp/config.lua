@@ -31,6 +31,18 @@ M.defaults = {
     prev = "<M-[>",
     -- :DglspDraft in insert, normal and visual mode (mapped only where the key is free).
     draft = "<M-d>",
+    -- Next edits, normal mode: jump to a far edit, else apply the shown one; dismiss it; ask for one now
+    -- (mapped only where the key is free). Apply and dismiss fall back like the keys above.
+    edit_apply = "<Tab>",
+    edit_dismiss = "<Esc>",
+    edit_request = "<M-n>",
+  },
+  -- Next-edit suggestions (the server's `textDocument/copilotInlineEdit`): the edit that follows yours,
+  -- anywhere in the buffer, shown where it lands. Server-side options: the `next_edit` settings section.
+  next_edit = {
+    enabled = true, -- ask automatically after an edit in normal mode (:DglspNextEdit always asks)
+    debounce_ms = 300, -- this long after the last edit or leaving insert mode
+    jump_lines = 6, -- an edit farther from the cursor (or off screen): the apply key jumps there first
   },
   -- Highlight group of the ghost text (linked to Comment unless you define it).
   hl_group = "DglspGhostText",

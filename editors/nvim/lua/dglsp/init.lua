@@ -9,6 +9,7 @@ local ghost = require("dglsp.ghost")
 local inline = require("dglsp.inline")
 local keymaps = require("dglsp.keymaps")
 local lsp = require("dglsp.lsp")
+local next_edit = require("dglsp.next_edit")
 local preview = require("dglsp.preview")
 local status = require("dglsp.status")
 
@@ -36,23 +37,26 @@ function M.setup(opts)
   inline.debounce_ms = resolved.debounce_ms
   inline.builtin = use_builtin(resolved.use_builtin)
   inline.set_enabled(resolved.enabled)
+  next_edit.setup(resolved.next_edit)
   keymaps.apply(resolved.keys)
   preview.setup() -- `dglsp/preview`: a draft as it grows, the live canvas, each request's outcome
   lsp.setup(resolved, function(bufnr, client)
     inline.attach(bufnr)
+    next_edit.attach(bufnr)
     focus.attach(bufnr)
     status.watch(client) -- the model's loading progress, for the statusline
   end)
 end
 
 --- The statusline text: the last suggestion's latency (`dglsp 84 ms`), or why it was hidden
---- (`dglsp: low confidence 0.41 < 0.73`), or the model loading (`dglsp: loading 35%`); "" where dglsp is
---- not attached. E.g. `vim.o.statusline = "%f %= %{v:lua.require'dglsp'.statusline()}"`.
+--- (`dglsp: low confidence 0.41 < 0.73`), a next edit's place (`dglsp: edit at line 12`), or the model
+--- loading (`dglsp: loading 35%`); "" where dglsp is not attached.
+--- E.g. `vim.o.statusline = "%f %= %{v:lua.require'dglsp'.statusline()}"`.
 function M.statusline()
   return status.line()
 end
 
---- Turn automatic suggestions on or off (`:DglspToggle`).
+--- Turn automatic suggestions (and automatic next edits) on or off (`:DglspToggle`).
 function M.toggle()
   inline.set_enabled(not inline.enabled)
   vim.notify("dglsp: suggestions " .. (inline.enabled and "on" or "off"))
@@ -82,6 +86,8 @@ local function format_status(answer, stats)
       stats.cancelled
     )
   )
+  local edits = next_edit.stats
+  table.insert(parts, ("next edits: %d shown, %d applied"):format(edits.shown, edits.applied))
   return table.concat(parts, " | ")
 end
 

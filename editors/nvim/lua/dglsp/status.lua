@@ -2,9 +2,9 @@
 --- outcome that :checkhealth and :DglspStatus use too.
 ---
 --- Two sources, per client: the last `done` preview (`dglsp.preview` records it: the suggestion's latency,
---- or why nothing was shown), and `dglsp/status` while the model loads (polled until it is ready). A
---- request that was stopped (superseded, cancelled...) does not replace the last one that ran to its end,
---- so the statusline does not flicker while you type.
+--- a next edit's line, or why nothing was shown), and `dglsp/status` while the model loads (polled until it
+--- is ready). A request that was stopped (superseded, cancelled...) does not replace the last one that ran
+--- to its end, so the statusline does not flicker while you type.
 local compat = require("dglsp.compat")
 local lsp = require("dglsp.lsp")
 
@@ -37,10 +37,24 @@ local function short(text)
   return vim.fn.strchars(text) > 60 and vim.fn.strcharpart(text, 0, 59) .. "…" or text
 end
 
---- One outcome ({ reason?, detail?, latency_ms? }: a done preview, or `dglsp/status`'s `last`) in words.
+-- A next edit's outcome: where it is, or why there is none.
+local function describe_edit(outcome)
+  if outcome.reason == nil then
+    local start = type(outcome.range) == "table" and outcome.range.start
+    return start and ("dglsp: edit at line %d"):format(start.line + 1) or "dglsp: edit shown"
+  elseif outcome.reason == "no_edit" then
+    return "dglsp: no edit"
+  end
+  return "dglsp: no edit: " .. M.describe({ reason = outcome.reason, detail = outcome.detail }):gsub("^dglsp: ", "")
+end
+
+--- One outcome ({ kind?, reason?, detail?, latency_ms?, range? }: a done preview, or `dglsp/status`'s `last`)
+--- in words.
 function M.describe(outcome)
   local reason = outcome.reason
-  if reason == nil then
+  if outcome.kind == "edit" then
+    return describe_edit(outcome)
+  elseif reason == nil then
     return ("dglsp %d ms"):format(math.floor((outcome.latency_ms or 0) + 0.5))
   end
   local detail = type(outcome.detail) == "string" and outcome.detail or ""
