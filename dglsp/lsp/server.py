@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, cast
@@ -288,9 +289,10 @@ class DglspServer(LanguageServer):
         if isinstance(version, int) and version != document.version:
             return {"edits": []}  # the client asked about a version that is gone: typing moved on
         offset = offset_at(document.text, position, self.workspace.position_encoding)
+        started = time.perf_counter()
         found = await self.service.next_edit(document, offset)
         preview = self._preview(document, "edit")
-        latency = self.service.last_outcome["latency_ms"] if self.service.last_outcome else None
+        latency = round((time.perf_counter() - started) * 1000, 1)  # this edit's own time, not the last completion's
         if isinstance(found, NoSuggestion):
             preview(Edit(offset, offset, ""), True, found, latency)
             return {"edits": []}
