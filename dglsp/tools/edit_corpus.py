@@ -1356,7 +1356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dglsp.tools.edit_corpus", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="where train/heldout .jsonl.gz and MANIFEST.json go")
     parser.add_argument("--repos", default="", help="owner/name,... (default: every mirror in --mirror-dir)")
-    parser.add_argument("--mirror-dir", type=Path, default=Path("/work/.mirror"),
+    parser.add_argument("--mirror-dir", type=Path, required=True,
                         help="bare git mirrors of public repositories, as OWNER+NAME/repo")
     parser.add_argument("--max-commits", type=int, default=MAX_COMMITS_PER_PROJECT,
                         help="commits used per project, newest first")
