@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -60,6 +61,47 @@ def test_a_rename_is_carried_to_the_next_use():
     assert regions[-1].why == "cursor"
     baseline = repeat_substitution(text, cursor, edits)
     assert baseline is not None and baseline.apply(text).count("surface") == 2
+
+
+def _accept(history: EditHistory, text: str, edit: Edit) -> tuple[str, bool]:
+    """The client applies `edit` as one content change; (the text after it, whether it counted as an acceptance)."""
+    counted = history.record(DocumentChange(URI, 3, edit.start, edit.end, text[edit.start:edit.end], edit.text, text))
+    return edit.apply(text), counted
+
+
+@pytest.mark.parametrize("proposed", [True, False])
+def test_an_accepted_edit_is_an_edit_of_its_own_so_the_rename_goes_on(proposed):
+    # `w` -> `width` on line 0, and the next use is on line 1: close enough to coalesce with the rename.
+    text, history = history_after(SOURCE, "w, h)", "width, h)")
+    cursor = text.index("width") + len("width")
+    suggestion = repeat_substitution(text, cursor, history.edits(URI))
+    assert suggestion is not None and text[suggestion.start:suggestion.end] == "w"
+    if proposed:
+        history.proposed(URI, text, suggestion)
+    after, counted = _accept(history, text, suggestion)
+    edits = history.edits(URI)
+    assert counted is proposed
+    if proposed:  # the accepted change is the last edit: the same substitution, ready for the next use
+        assert len(edits) == 2 and substitution_of(edits[-1]) == substitution_of(edits[0])
+        assert [note.state for note in history.suggestions(URI)] == ["accepted"]
+    else:  # a change the server never proposed merges with the rename: two changes, nothing to repeat
+        assert len(edits) == 1 and substitution_of(edits[-1]) is None
+    assert after.startswith("def area(width, h):\n    return width * h")
+
+
+def test_an_acceptance_is_counted_once_whichever_the_client_sends_first():
+    text, history = history_after(SOURCE, "w, h)", "width, h)")
+    suggestion = repeat_substitution(text, len("def area(width"), history.edits(URI))
+    assert suggestion is not None
+    history.proposed(URI, text, suggestion)
+    assert history.accepted_edit(URI, suggestion)  # the client's command first
+    assert not history.accepted_edit(URI, suggestion)
+    _, counted = _accept(history, text, suggestion)  # then its didChange: still an edit of its own, not counted
+    assert not counted and len(history.edits(URI)) == 2
+    # A stale proposal (the document changed another way first) is not an acceptance.
+    history.proposed(URI, text, suggestion)
+    history.record(DocumentChange(URI, 4, 0, 0, "", "#", text))
+    assert not history.accepted_edit(URI, suggestion)
 
 
 def test_the_smallest_edit_is_the_changed_span():
@@ -129,6 +171,10 @@ async def test_copilot_inline_edit_answers_in_copilots_shape(tiny_model_dir):
         text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
         content_changes=[types.TextDocumentContentChangePartial(
             range=types.Range(types.Position(0, 4), types.Position(0, 8)), text="surface")]))
+    # sidekick.nvim's didFocus names only the document: the prompt is encoded where the user last edited.
+    client.protocol.notify("textDocument/didFocus", {"textDocument": {"uri": URI}})
+    client.protocol.notify("textDocument/didFocus", {"textDocument": {"uri": "file:///not/open.py"}})
+    assert (await _stats_until(client, lambda stats: stats["prefill_tokens"] > 0))["prefill_tokens"] > 0
     result = await client.protocol.send_request_async("textDocument/copilotInlineEdit", {
         "textDocument": {"uri": URI, "version": 2}, "position": {"line": 0, "character": 11}})
     edits = result.edits
@@ -140,7 +186,9 @@ async def test_copilot_inline_edit_answers_in_copilots_shape(tiny_model_dir):
         assert edit.textDocument.uri == URI and edit.textDocument.version == 2
         assert edit.command.command == "dglsp.editAccepted"
         await client.workspace_execute_command_async(types.ExecuteCommandParams(
-            command=edit.command.command, arguments=edit.command.arguments))
+            command=edit.command.command, arguments=[_json(argument) for argument in edit.command.arguments]))
+        stats = await _stats_until(client, lambda stats: True)
+        assert stats["outcomes"].get("edit_accepted") == 1
     else:
         assert ended[-1].reason
     stale = await client.protocol.send_request_async("textDocument/copilotInlineEdit", {
@@ -151,6 +199,23 @@ async def test_copilot_inline_edit_answers_in_copilots_shape(tiny_model_dir):
     assert renamed  # the document the server now holds (didChange applied)
     await client.shutdown_session()
     await client.stop()
+
+
+def _json(value):
+    """A custom method's result as the JSON it came as (the test client parses it into named tuples)."""
+    if hasattr(value, "_asdict"):
+        return {key: _json(item) for key, item in value._asdict().items()}
+    return [_json(item) for item in value] if isinstance(value, list) else value
+
+
+async def _stats_until(client, done, seconds: float = 60.0) -> dict:
+    """`dglsp.stats`, polled until `done(stats)` (background work finishes when it finishes)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="dglsp.stats"))
+        if done(stats) or asyncio.get_running_loop().time() > deadline:
+            return stats
+        await asyncio.sleep(0.2)
 
 
 def test_a_chat_model_gets_the_edit_as_an_instruction_with_the_region_marked(hub_model_dir):
@@ -179,3 +244,7 @@ def test_the_substitution_predictor_repeats_the_last_edit_without_a_model(bundle
     assert text[proposal.edit.start:proposal.edit.end] == "area" and proposal.edit.text == "surface"
     quiet = editor.propose(SOURCE, 0, [], [], settings)
     assert quiet.edit is None and quiet.hidden.reason is Reason.NO_EDIT
+    assert quiet.hidden.detail == "no edit yet to repeat"
+    done = proposal.edit.apply(text).replace("area(", "surface(")  # every use renamed already
+    finished = editor.propose(done, 0, history.edits(URI), [], settings)
+    assert finished.edit is None and finished.hidden.detail == "no 'area' left to change"

@@ -9,7 +9,9 @@
 * `EditHistory`: each document's recent edits, coalesced by time and place (keystrokes typing one word are one
   edit; an edit 40 lines away, or after a pause, is another), bounded in memory, rendered as unified diffs
   (the form next-edit models read), with the suggestions shown, accepted and rejected. `regions()` is the
-  view snippets use: where the user edited lately.
+  view snippets use: where the user edited lately. A change that applies the next edit last proposed for the
+  document is recorded as an edit of its own, never merged into the one before: the accepted substitution is
+  then the last edit, so the next suggestion carries it on to the following occurrence.
 """
 
 from __future__ import annotations
@@ -96,6 +98,23 @@ class SuggestionNote:
     at: float
 
 
+@dataclass
+class Proposal:
+    """The next edit last proposed for a document, with the text it was computed on."""
+
+    text: str
+    edit: Edit
+    counted: bool = False  # its acceptance was counted already (the client's command came first)
+
+    def applied_by(self, change: DocumentChange) -> bool:
+        """`change` turns the proposal's text into that text with the edit applied (however the client split it)."""
+        edit = self.edit
+        if len(change.before) != len(self.text) or len(change.new) - (change.end - change.start) != len(
+                edit.text) - (edit.end - edit.start):
+            return False
+        return change.before == self.text and change.after == edit.apply(self.text)
+
+
 class EditHistory:
     """Every open document's recent edits, newest last (thread-safe: the event loop records, the worker reads)."""
 
@@ -103,9 +122,35 @@ class EditHistory:
         self.max_edits = max_edits
         self._edits: OrderedDict[str, list[HistoryEdit]] = OrderedDict()
         self._suggestions: list[SuggestionNote] = []
+        self._proposals: dict[str, Proposal] = {}
         self._lock = threading.Lock()
 
-    def record(self, change: DocumentChange) -> None:
+    def proposed(self, uri: str, text: str, edit: Edit) -> None:
+        """The server proposed `edit` on `text` (the document as it was): a change that applies it is accepting it."""
+        with self._lock:
+            self._proposals[uri] = Proposal(text, edit)
+
+    def accepted_edit(self, uri: str, edit: Edit) -> bool:
+        """The client says it applied the proposed `edit`; True the first time an acceptance of it is heard."""
+        with self._lock:
+            proposal = self._proposals.get(uri)
+            first = proposal is not None and proposal.edit == edit and not proposal.counted
+            if proposal is not None and first:
+                proposal.counted = True  # kept: the didChange that applies it may still come
+        self.note_suggestion(uri, "edit", edit, "accepted")
+        return first
+
+    def record(self, change: DocumentChange) -> bool:
+        """Record one change; True when it accepted the proposed next edit and that was not counted yet."""
+        with self._lock:
+            proposal = self._proposals.pop(change.uri, None)  # any change makes a proposal stale
+        applied = proposal is not None and proposal.applied_by(change)
+        if applied and proposal is not None and not proposal.counted:
+            self.note_suggestion(change.uri, "edit", proposal.edit, "accepted")
+        self._record(change, own_edit=applied)
+        return applied and proposal is not None and not proposal.counted
+
+    def _record(self, change: DocumentChange, own_edit: bool) -> None:
         before_lines = change.before.split("\n")
         first = change.before.count("\n", 0, change.start)
         last = first + change.old.count("\n")  # the last line the change touches, before it
@@ -119,7 +164,7 @@ class EditHistory:
             for edit in edits:  # edits below the change move with it
                 if edit is not latest and edit.start_line > last:
                     edit.start_line += added
-            if latest is not None and _same_place(latest, first, last, change.at):
+            if latest is not None and not own_edit and _same_place(latest, first, last, change.at):
                 _extend(latest, before_lines, after_lines, first, last, added, change.at)
                 if not latest.changed:  # typed and deleted again: no edit left
                     edits.pop()
@@ -161,7 +206,20 @@ class EditHistory:
     def forget(self, uri: str) -> None:
         with self._lock:
             self._edits.pop(uri, None)
+            self._proposals.pop(uri, None)
             self._suggestions = [note for note in self._suggestions if note.uri != uri]
+
+
+def line_end(text: str, line: int) -> int:
+    """The offset where 0-based `line` of `text` ends (before its newline); the text's end past its last line."""
+    start = 0
+    for _ in range(line):
+        found = text.find("\n", start)
+        if found == -1:
+            return len(text)
+        start = found + 1
+    found = text.find("\n", start)
+    return len(text) if found == -1 else found
 
 
 def _lines_between(change: DocumentChange, first: int, last: int) -> list[str]:

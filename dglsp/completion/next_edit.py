@@ -141,6 +141,14 @@ def repeat_substitution(text: str, cursor: int, history: list[HistoryEdit]) -> E
     return None if at is None else Edit(at, at + len(substitution.old), substitution.new)
 
 
+def _why_no_repeat(history: list[HistoryEdit]) -> str:
+    """Why `repeat_substitution` found nothing (it already looked for the next occurrence)."""
+    substitution = substitution_of(history[-1]) if history else None
+    if substitution is None:
+        return "the last edit is not one substitution" if history else "no edit yet to repeat"
+    return f"no {substitution.old!r} left to change"
+
+
 def smallest_edit(old: str, new: str, base: int) -> Edit | None:
     """The single edit turning `old` into `new` (the span between their common head and tail), in document
     offsets (`old` starts at `base`); None when they are equal."""
@@ -196,7 +204,7 @@ class NextEditor:
         region = None
         if settings.next_edit.predictor == "substitution":
             edit = repeat_substitution(text, cursor, history)
-            hidden = None if edit is not None else NoSuggestion(Reason.NO_EDIT, "no substitution to repeat")
+            hidden = None if edit is not None else NoSuggestion(Reason.NO_EDIT, _why_no_repeat(history))
             return EditProposal(edit, hidden, None, "", stats, None, _ms(begin))
         canvas = self.completer.backend.defaults.canvas_length
         tokenizer = self.completer.tokenizer

@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol
 
 from dglsp.completion.completer import Completer, Suggestion
-from dglsp.completion.edits import DocumentChange, Edit, EditHistory, SuggestionState
+from dglsp.completion.edits import DocumentChange, Edit, EditHistory, SuggestionState, line_end
 from dglsp.completion.lifecycle import LoadState, ModelLifecycle
 from dglsp.completion.metrics import LatencyMetrics, memory_mb
 from dglsp.completion.next_edit import EditProposal, NextEditor
@@ -116,7 +116,8 @@ class CompletionService:
     def document_changed(self, uri: str, version: int, changes: list[DocumentChange]) -> None:
         self.scheduler.document_changed(uri, version)
         for change in changes:
-            self.history.record(change)
+            if self.history.record(change):
+                self._edit_accepted(uri)
 
     def document_opened(self, uri: str) -> None:
         self.scheduler.forget(uri)  # a (re)opened document counts versions afresh
@@ -129,6 +130,14 @@ class CompletionService:
     def focus(self, document: Snapshot, offset: int) -> None:
         """The editor's cursor went to `offset` (a document entered, a jump): prepare the prompt there."""
         self.prefetcher.focus(document, offset)
+
+    def focus_document(self, document: Snapshot) -> None:
+        """A document took focus without saying where its cursor is: prepare the prompt at the end of the line the
+        user last edited there (nothing to prepare in a document not edited since it was opened)."""
+        edits = self.history.edits(document.uri)
+        if edits:
+            last = edits[-1]
+            self.focus(document, line_end(document.text, last.start_line + max(0, len(last.new_lines) - 1)))
 
     # -- completion ---------------------------------------------------------------------------
     async def suggest(
@@ -299,13 +308,22 @@ class CompletionService:
                   f"{proposal.stats.summary()}"
         if proposal.edit is None:
             return self._empty(request_id, document.uri, proposal.hidden or NoSuggestion(Reason.NO_EDIT), timings)
+        self.history.proposed(document.uri, document.text, proposal.edit)
         self._log_request(request_id, document.uri, f"edit of {proposal.edit.end - proposal.edit.start} chars into "
                                                     f"{len(proposal.edit.text)}; {timings}")
         return proposal.edit
 
     def edit_noted(self, uri: str, edit: Edit, state: SuggestionState) -> None:
         """The editor showed, or the user accepted or rejected, a next edit."""
-        self.history.note_suggestion(uri, "edit", edit, state)
+        if state != "accepted":
+            self.history.note_suggestion(uri, "edit", edit, state)
+        elif self.history.accepted_edit(uri, edit):
+            self._edit_accepted(uri)
+
+    def _edit_accepted(self, uri: str) -> None:
+        """A proposed next edit was applied (heard once, from its didChange or the client's command)."""
+        self.outcomes.add("edit_accepted")
+        log.info("next edit accepted in %s", uri.rsplit("/", 1)[-1])
 
     def accepted(self, document: Snapshot, offset: int, text: str) -> None:
         """The user accepted `text` at `offset`: noted, and the suggestion after it computed ahead."""

@@ -593,6 +593,17 @@ def build_server(settings: Settings | None = None, serve: ServeSettings | None =
             return
         ls.service.focus(document, offset)
 
+    @server.feature("textDocument/didFocus")
+    def did_focus(ls: DglspServer, params: Any) -> None:
+        """Copilot's notification (sidekick.nvim sends it): a document took focus. It names no cursor."""
+        plain = _plain(params)
+        try:
+            document = snapshot(ls.workspace, str(plain["textDocument"]["uri"]))
+        except (DglspError, KeyError, TypeError) as exc:
+            log.debug("textDocument/didFocus dropped: %s", exc)
+            return
+        ls.service.focus_document(document)
+
     @server.command("dglsp.accepted")
     async def accepted(ls: DglspServer, *args: Any):
         return await _guarded(ls, _as_coroutine(ls.accepted, args), None)
