@@ -78,6 +78,8 @@ def test_bench_smoke_run_reports_every_metric(tmp_path, tiny_model_dir, tiny_tok
     table = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert "time-to-suggestion after a pause" in table and "block diffusion speed-up" in table
+    assert "first request after opening a document" in table
+    assert len(result["first_after_open_ms"]) == 1 and isinstance(result["prefill_on_focus_tokens"], int)
     assert result["keystrokes"] >= 1 and result["requests"] >= 1
     assert result["forward_passes_shown"] + result["forward_passes_empty"] + result["forward_passes_wasted"] > 0
     assert result["prefix_cache_hit_rate"] is not None and result["server_rss_mb"] > 0

@@ -22,8 +22,8 @@ REFERENCE_LINK = re.compile(r"^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+\"[^\"]*\")?\s*$
 EXTERNAL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # https:, mailto:, ...
 
 
-def _prose_lines(text: str) -> list[str]:
-    """The lines outside fenced code blocks, inline code spans removed."""
+def _outside_fences(text: str) -> list[str]:
+    """The lines outside fenced code blocks."""
     lines, fence = [], None
     for line in text.splitlines():
         stripped = line.lstrip()
@@ -34,24 +34,20 @@ def _prose_lines(text: str) -> list[str]:
             if stripped.startswith(fence):
                 fence = None
             continue
-        lines.append(re.sub(r"`[^`]*`", "", line))
+        lines.append(line)
     return lines
+
+
+def _prose_lines(text: str) -> list[str]:
+    """The lines outside fenced code blocks, inline code spans removed."""
+    return [re.sub(r"`[^`]*`", "", line) for line in _outside_fences(text)]
 
 
 def anchors(path: Path) -> set[str]:
     """The `#anchors` GitHub gives the page's headings: lower case, punctuation dropped, spaces to hyphens."""
     found: set[str] = set()
     seen: dict[str, int] = {}
-    fence = None
-    for line in path.read_text().splitlines():
-        stripped = line.lstrip()
-        if fence is None and stripped.startswith(("```", "~~~")):
-            fence = stripped[:3]
-            continue
-        if fence is not None:
-            if stripped.startswith(fence):
-                fence = None
-            continue
+    for line in _outside_fences(path.read_text()):
         heading = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
         if not heading:
             continue

@@ -28,6 +28,7 @@ from typing import Any
 from dglsp.completion.edits import DocumentChange, EditHistory
 from dglsp.config import Settings
 from dglsp.tools.bench_typing import percentile
+from dglsp.tools.eval_edits import edit_settings_from
 
 NAME = re.compile(r"\b[a-z_][a-z0-9_]{2,}\b")
 SKIP = frozenset(keyword.kwlist) | {"self", "cls", "print"}  # not names a rename would pick
@@ -80,15 +81,7 @@ class Timing:
 
 
 def bench_settings(args: argparse.Namespace) -> Settings:
-    options = json.loads(args.settings) if args.settings else {}
-    options.setdefault("engine", {}).update(model=args.model, device=args.device, threads=args.threads,
-                                            warmup=False)
-    options.setdefault("sampler", {}).setdefault("seed", args.seed)
-    options.setdefault("next_edit", {}).update(radius=args.radius, **({"seed_canvas": False} if args.no_seed else {}))
-    settings, warnings = Settings().updated(options)
-    if warnings:
-        raise SystemExit("dglsp bench edit: " + "; ".join(warnings))
-    return settings
+    return edit_settings_from(args, "dglsp bench edit", warmup=False)
 
 
 def measure(editor, place: Place, settings: Settings, path: str) -> Timing:

@@ -4,8 +4,10 @@ What it does, in one run:
 
 1. Picks functions from real source files (the standard library by default) whose code before
    them is about `--context-tokens` tokens, removes each function from its file, opens the file
-   in `dglsp serve` (a subprocess, stdio) and types the function back character by character at
-   human intervals (80-150 ms, longer pauses at some line ends and mid-line).
+   in `dglsp serve` (a subprocess, stdio), says where the cursor is (`dglsp/focus`, as the editor
+   plugins do), asks once a second later (the first request after opening), and types the function
+   back character by character at human intervals (80-150 ms, longer pauses at some line ends and
+   mid-line).
 2. Asks for inline completions the way editors do: `--client vscode` asks 50 ms after a
    keystroke and cancels the request in flight with `$/cancelRequest` when the next key comes;
    `--client neovim` asks 200 ms after the last keystroke and never cancels (Neovim 0.12's
@@ -37,6 +39,7 @@ from typing import Any, cast
 
 VSCODE_DELAY_S = 0.05  # VS Code waits ~50 ms after a keystroke before asking for inline completions
 NEOVIM_DELAY_S = 0.2  # Neovim 0.12's built-in inline completion waits 200 ms and never cancels
+OPEN_TO_TYPING_S = 1.0  # a user looks at a file they opened before the first keystroke
 
 
 @dataclass
@@ -56,6 +59,7 @@ class RequestRecord:
     answered: float | None = None
     text: str | None = None
     cancelled: bool = False
+    first: bool = False  # asked right after its document was opened, before any keystroke
 
 
 @dataclass
@@ -131,6 +135,10 @@ class SimulatedEditor:
         self.text, self.offset, self.version, self.shown = plan.document, plan.offset, 1, None
         self.client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
             uri=self.uri, language_id="python", version=1, text=self.text)))
+        # Both editor plugins say where the cursor is when a buffer is entered.
+        self.client.protocol.notify("dglsp/focus", {"textDocument": {"uri": self.uri},
+                                                    "position": {"line": self.position().line,
+                                                                 "character": self.position().character}})
 
     def close(self) -> None:
         from lsprotocol import types
@@ -172,7 +180,13 @@ class SimulatedEditor:
             self.timer.cancel()
             self.timer = None
 
-    def _request(self, keystroke: float, at_pause: bool) -> None:
+    async def ask_at_open(self, timeout: float) -> None:
+        """The first request in a document, before any keystroke (a user who stopped to look), waited for."""
+        self.last_keystroke = time.perf_counter()
+        self._request(self.last_keystroke, False, first=True)
+        await self.wait_for_answer(timeout)
+
+    def _request(self, keystroke: float, at_pause: bool, first: bool = False) -> None:
         from lsprotocol import types
 
         self.ids += 1
@@ -180,7 +194,7 @@ class SimulatedEditor:
         params = types.InlineCompletionParams(
             text_document=types.TextDocumentIdentifier(self.uri), position=self.position(),
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))
-        record = RequestRecord(time.perf_counter(), keystroke, at_pause)
+        record = RequestRecord(time.perf_counter(), keystroke, at_pause, first=first)
         future = asyncio.wrap_future(self.client.protocol.send_request(
             types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id))
         version = self.version
@@ -215,7 +229,8 @@ async def type_plan(editor: SimulatedEditor, plan: TypingPlan, rng: random.Rando
     from lsprotocol import types
 
     editor.open(plan)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(time_scale * OPEN_TO_TYPING_S)
+    await editor.ask_at_open(timeout=30)
     remaining = plan.target
     while remaining:
         shown = editor.shown
@@ -344,8 +359,10 @@ def percentile(values: list[float], q: float) -> float | None:
 def summarize(log: SessionLog, stats: dict, compare: dict | None, args: argparse.Namespace,
               plans: list[TypingPlan]) -> dict:
     answered = [r for r in log.requests if r.answered is not None and not r.cancelled]
+    typed = [r for r in log.requests if not r.first]
     at_pause = [r for r in answered if r.at_pause]
     server_ms = [(r.answered - r.sent) * 1000 for r in at_pause if r.answered is not None]
+    first_ms = [(r.answered - r.sent) * 1000 for r in answered if r.first and r.answered is not None]
     user_ms = [(r.answered - r.keystroke) * 1000 for r in at_pause if r.answered is not None]
     prefix = stats.get("prefix_cache") or {}
     typing = stats.get("typing_through") or {}
@@ -354,11 +371,13 @@ def summarize(log: SessionLog, stats: dict, compare: dict | None, args: argparse
         "client": args.client, "baseline": args.baseline, "device": stats.get("device"),
         "functions": [f"{p.path.name}@{p.offset} ({len(p.target)} chars, {p.prefix_tokens} tokens before)"
                       for p in plans],
-        "keystrokes": log.keystrokes, "accepted": log.accepted, "requests": len(log.requests),
-        "cancelled_by_client": sum(r.cancelled for r in log.requests), "pauses": len(at_pause),
+        "keystrokes": log.keystrokes, "accepted": log.accepted, "requests": len(typed),
+        "cancelled_by_client": sum(r.cancelled for r in typed), "pauses": len(at_pause),
         "pause_answers_with_text": sum(bool(r.text) for r in at_pause),
         "p50_ms": percentile(server_ms, 0.5), "p95_ms": percentile(server_ms, 0.95),
         "p50_from_keystroke_ms": percentile(user_ms, 0.5), "p95_from_keystroke_ms": percentile(user_ms, 0.95),
+        "first_after_open_ms": [round(ms, 1) for ms in first_ms],
+        "prefill_on_focus_tokens": stats.get("prefill_tokens"),
         "forward_passes_per_shown": ((stats["forward_passes_shown"] + stats["forward_passes_empty"]
                                       + stats["forward_passes_wasted"]) / stats["shown"]) if stats["shown"] else None,
         "forward_passes_shown": stats["forward_passes_shown"], "forward_passes_empty": stats["forward_passes_empty"],
@@ -397,6 +416,9 @@ def print_table(result: dict) -> None:
                                                        f"{result['pauses']} pauses)"),
         ("  same, from the keystroke (client delay incl.)", f"{_fmt(result['p50_from_keystroke_ms'], ' ms')} / "
                                                             f"{_fmt(result['p95_from_keystroke_ms'], ' ms')}"),
+        ("first request after opening a document", ", ".join(f"{ms:.0f} ms" for ms in result["first_after_open_ms"])
+                                                   + f"  (asked on opening; the session's first is cold; "
+                                                     f"{result['prefill_on_focus_tokens']} tokens encoded on focus)"),
         ("forward passes per shown suggestion", _fmt(result["forward_passes_per_shown"])),
         ("forward passes: shown / empty / wasted (cancelled)", f"{result['forward_passes_shown']} / "
                                                               f"{result['forward_passes_empty']} / "

@@ -319,10 +319,11 @@ def chosen(examples: list[EditExample], kinds: Sequence[str] | None, limit: int 
     return examples
 
 
-def edit_settings_from(args: argparse.Namespace) -> Settings:
+def edit_settings_from(args: argparse.Namespace, command: str = "dglsp eval edits", warmup: bool = True) -> Settings:
     """`Settings()` with `--settings` JSON, the engine the command line names, and `--no-seed` / `--radius`."""
     options = json.loads(args.settings) if args.settings else {}
-    options.setdefault("engine", {}).update(model=args.model, device=args.device, threads=args.threads)
+    options.setdefault("engine", {}).update(model=args.model, device=args.device, threads=args.threads,
+                                            warmup=warmup)
     options.setdefault("sampler", {}).setdefault("seed", args.seed)
     next_edit = options.setdefault("next_edit", {})
     if args.no_seed:
@@ -331,7 +332,7 @@ def edit_settings_from(args: argparse.Namespace) -> Settings:
         next_edit["radius"] = args.radius
     settings, warnings = Settings().updated(options)
     if warnings:
-        raise SystemExit("dglsp eval edits: " + "; ".join(warnings))
+        raise SystemExit(f"{command}: " + "; ".join(warnings))
     return settings
 
 

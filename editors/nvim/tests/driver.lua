@@ -4,47 +4,10 @@
 --        nvim --headless --clean --cmd 'set rtp^=editors/nvim' -c 'luafile editors/nvim/tests/driver.lua'
 -- Writes what it saw (buffer text, extmarks, counters, :messages, :checkhealth) as JSON to $DGLSP_OUT
 -- and quits. It checks nothing itself: tests/test_nvim.py asserts on that JSON.
-local out = assert(vim.env.DGLSP_OUT, "DGLSP_OUT")
 local draft_section
 local results = { steps = {}, server_log = {}, sent = {}, responses = {}, previews = {}, focus = {} }
-local co
-
-local function finish(err)
-  results.error = err or vim.NIL
-  results.messages = vim.api.nvim_exec2("messages", { output = true }).output
-  local file = assert(io.open(out, "w"))
-  file:write(vim.json.encode(results))
-  file:close()
-  vim.cmd("qall!")
-end
-
-local function sleep(ms)
-  vim.defer_fn(function()
-    local ok, err = coroutine.resume(co)
-    if not ok then
-      finish(debug.traceback(co, err))
-    end
-  end, ms)
-  coroutine.yield()
-end
-
-local function wait_for(condition, timeout_ms)
-  local waited = 0
-  while not condition() do
-    if waited >= timeout_ms then
-      return false
-    end
-    sleep(20)
-    waited = waited + 20
-  end
-  return true
-end
-
--- Keys go through mappings ("m") as if typed ("t"); they run when the driver yields.
-local function press(keys)
-  vim.api.nvim_feedkeys(vim.keycode(keys), "mt", false)
-  sleep(30)
-end
+local h = dofile(vim.fs.joinpath(vim.fs.dirname(debug.getinfo(1, "S").source:sub(2)), "harness.lua"))(results)
+local finish, sleep, wait_for, press = h.finish, h.sleep, h.wait_for, h.press
 
 local dglsp, ghost, inline
 local bufnr
@@ -485,24 +448,13 @@ local function main()
   finish(nil)
 end
 
-co = coroutine.create(function()
+h.run(function()
   bufnr = 0
-  local ok, err = xpcall(function()
-    vim.api.nvim_create_autocmd("BufEnter", {
-      pattern = "*.py",
-      callback = function(args)
-        bufnr = args.buf
-      end,
-    })
-    main()
-  end, debug.traceback)
-  if not ok then
-    finish(err)
-  end
-end)
-vim.schedule(function()
-  local ok, err = coroutine.resume(co)
-  if not ok then
-    finish(err)
-  end
+  vim.api.nvim_create_autocmd("BufEnter", {
+    pattern = "*.py",
+    callback = function(args)
+      bufnr = args.buf
+    end,
+  })
+  main()
 end)

@@ -7,44 +7,10 @@
 --      DGLSP_OUT=out.json DGLSP_WORKDIR=dir  nvim --headless --clean -c 'luafile editors/nvim/tests/stock_client.lua'
 -- ($DGLSP_WORKDIR/edit.py is the file edited.) Writes what it saw as JSON to $DGLSP_OUT and quits; it checks
 -- nothing itself: tests/test_stock_client.py asserts on that JSON.
-local out = assert(vim.env.DGLSP_OUT, "DGLSP_OUT")
 local kind = assert(vim.env.DGLSP_STOCK_CLIENT, "DGLSP_STOCK_CLIENT")
 local results = { client = kind, steps = {}, sent = {}, answers = {}, server_log = {} }
-local co
-
-local function finish(err)
-  results.error = err or vim.NIL
-  results.messages = vim.api.nvim_exec2("messages", { output = true }).output
-  local file = assert(io.open(out, "w"))
-  file:write(vim.json.encode(results))
-  file:close()
-  vim.cmd("qall!")
-end
-
-local function sleep(ms)
-  vim.defer_fn(function()
-    local ok, err = coroutine.resume(co)
-    if not ok then
-      finish(debug.traceback(co, err))
-    end
-  end, ms)
-  coroutine.yield()
-end
-
-local function wait_for(condition, timeout_ms)
-  for _ = 0, timeout_ms, 20 do
-    if condition() then
-      return true
-    end
-    sleep(20)
-  end
-  return condition()
-end
-
-local function press(keys)
-  vim.api.nvim_feedkeys(vim.keycode(keys), "mt", false)
-  sleep(30)
-end
+local h = dofile(vim.fs.joinpath(vim.fs.dirname(debug.getinfo(1, "S").source:sub(2)), "harness.lua"))(results)
+local finish, sleep, wait_for, press = h.finish, h.sleep, h.wait_for, h.press
 
 -- The two plugins: how to set them up as their READMEs do, and how to tell that an edit is shown.
 local plugins = {
@@ -215,15 +181,4 @@ local function main()
   finish(nil)
 end
 
-co = coroutine.create(function()
-  local ok, err = xpcall(main, debug.traceback)
-  if not ok then
-    finish(err)
-  end
-end)
-vim.schedule(function()
-  local ok, err = coroutine.resume(co)
-  if not ok then
-    finish(err)
-  end
-end)
+h.run(main)
