@@ -95,3 +95,5 @@ def test_a_stock_client_shows_and_applies_the_servers_next_edit(kind, tiny_model
     assert any(mark["row"] == 17 for mark in step(record, "next shown")["marks"])
     dismissed = step(record, "dismissed")
     assert not dismissed["shown"] and dismissed["lines"] == applied["lines"]
+    # The server heard the one applied edit once, from its didChange (copilot-lsp runs no command) or both.
+    assert record["outcomes"]["edit_accepted"] == 1, record["outcomes"]

@@ -178,6 +178,8 @@ local function main()
   press("<Esc>")
   sleep(300)
   step("dismissed")
+  local status = client:request_sync("dglsp/status", {}, 2000)
+  results.outcomes = status and status.result and status.result.outcomes or vim.NIL
   finish(nil)
 end
 
