@@ -24,6 +24,8 @@ Decoding = Literal["diffusion", "verified", "speculative", "autoregressive"]
 Policy = Literal["entropy_bound", "prefix"]
 DECODINGS: tuple[str, ...] = typing.get_args(Decoding)
 POLICIES: tuple[str, ...] = typing.get_args(Policy)
+EditPredictor = Literal["model", "substitution"]
+EDIT_PREDICTORS: tuple[str, ...] = typing.get_args(EditPredictor)
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,8 @@ class NextEditSettings:
     enabled: bool = True
     # model: the model rewrites the region; substitution: the last edit's substitution at its next occurrence
     # (a find-and-replace that follows the user: no model run, deterministic; the editors' tests use it).
-    predictor: Literal["model", "substitution"] = "model"
+    # None: the model's own (its dglsp.json; a model not trained on edits recommends the substitution).
+    predictor: EditPredictor | None = None
     radius: int = 3  # the cursor's region: its line and this many lines either side
     history_edits: int = 8  # recent edits (unified diffs) in the prompt
     snippet_tokens: int = 512  # the prompt's budget for the edits and the region's current text

@@ -235,6 +235,27 @@ def test_a_chat_model_gets_the_edit_as_an_instruction_with_the_region_marked(hub
     assert "+def surface(w, h):" in rendered
 
 
+def test_the_predictor_is_the_models_own_unless_the_settings_name_one(bundle):
+    from dataclasses import replace
+
+    from dglsp.model.schedule import ModelDefaults
+
+    text, history = history_after(SOURCE, "area(w, h)", "surface(w, h)")
+    editor = scripted_editor(bundle, "print(surface(2, 3))  # the model's rewrite\n", 0.9)
+    editor.completer.backend.defaults = replace(editor.completer.backend.defaults, edit_predictor="substitution")
+    cursor = text.index("surface") + len("surface")
+    settings, _ = Settings().updated({"next_edit": {"radius": 0}})
+    repeated = editor.propose(text, cursor, history.edits(URI), [], settings)
+    assert repeated.edit is not None and repeated.edit.text == "surface" and repeated.raw == ""  # no model run
+    settings, _ = Settings().updated({"next_edit": {"radius": 0, "predictor": "model"}})
+    rewritten = editor.propose(text, cursor, history.edits(URI), [], settings)
+    assert rewritten.edit is not None and "the model's rewrite" in rewritten.edit.text
+    # dglsp.json carries it, and reads it back.
+    meta = replace(ModelDefaults(), edit_predictor="substitution").to_meta()
+    assert meta["postprocess"]["edit_predictor"] == "substitution"
+    assert ModelDefaults.read(meta).edit_predictor == "substitution" and ModelDefaults.read({}).edit_predictor == "model"
+
+
 def test_the_substitution_predictor_repeats_the_last_edit_without_a_model(bundle):
     text, history = history_after(SOURCE, "area(w, h)", "surface(w, h)")
     settings, _ = Settings().updated({"next_edit": {"predictor": "substitution"}})

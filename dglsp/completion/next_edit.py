@@ -202,7 +202,7 @@ class NextEditor:
         stats = GenerationStats()
         raw, confidence = "", None
         region = None
-        if settings.next_edit.predictor == "substitution":
+        if self.predictor(settings) == "substitution":
             edit = repeat_substitution(text, cursor, history)
             hidden = None if edit is not None else NoSuggestion(Reason.NO_EDIT, _why_no_repeat(history))
             return EditProposal(edit, hidden, None, "", stats, None, _ms(begin))
@@ -255,6 +255,10 @@ class NextEditor:
             confidence = span_confidence(generation.token_ids, generation.token_logprobs, rewrite[:head],
                                          rewrite[:head + len(edit.text)], completer.decode)
         return edit, raw, confidence, generation.stats
+
+    def predictor(self, settings: Settings) -> str:
+        """`next_edit.predictor`, else the model's own (its dglsp.json)."""
+        return settings.next_edit.predictor or self.completer.backend.defaults.edit_predictor
 
     def min_confidence(self, settings: Settings) -> float:
         """The edit gate: `next_edit.min_confidence`, else the model's own (its dglsp.json), else 0."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
-from dglsp.config import DECODINGS, POLICIES, Decoding, Policy, SamplerSettings
+from dglsp.config import DECODINGS, EDIT_PREDICTORS, POLICIES, Decoding, EditPredictor, Policy, SamplerSettings
 
 Sampling = Literal["reference", "fused", "fast"]
 
@@ -21,6 +21,7 @@ Sampling = Literal["reference", "fused", "fast"]
 DIFFUSIONGEMMA_STEPS = 48
 DIFFUSIONGEMMA_SCHEDULE = {"entropy_bound": 0.1, "t_max": 0.8, "t_min": 0.4}
 DEFAULT_CANVAS_LENGTH = 32
+POSTPROCESS_KEYS = ("min_confidence", "gate", "edit_min_confidence", "edit_predictor")  # dglsp.json's section
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class ModelDefaults:
     settle_steps: int = 0
     min_confidence: float = 0.0  # the gate's calibrated threshold (0: no gate)
     edit_min_confidence: float = 0.0  # ... and next-edit suggestions' (0: no gate)
+    # Who proposes next edits: the model rewrites the region, or the last edit's substitution is repeated at its
+    # next occurrence (no model run). A model not trained on edits recommends the substitution.
+    edit_predictor: EditPredictor = "model"
     gate: Literal["canvas", "encoder"] = "canvas"  # whose probability of the shown tokens the gate reads
 
     @classmethod
@@ -61,7 +65,7 @@ class ModelDefaults:
     def to_meta(self) -> dict[str, dict[str, Any]]:
         """The `sampler` and `postprocess` sections of `dglsp.json` that `read` reads back."""
         values = asdict(self)
-        postprocess = {key: values.pop(key) for key in ("min_confidence", "gate", "edit_min_confidence")}
+        postprocess = {key: values.pop(key) for key in POSTPROCESS_KEYS}
         return {"sampler": values, "postprocess": postprocess}
 
     def check(self) -> None:
@@ -69,6 +73,8 @@ class ModelDefaults:
             raise ValueError(f"unknown decoding {self.decoding!r} (known: {', '.join(DECODINGS)})")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown sampler policy {self.policy!r} (known: {', '.join(POLICIES)})")
+        if self.edit_predictor not in EDIT_PREDICTORS:
+            raise ValueError(f"unknown edit predictor {self.edit_predictor!r} (known: {', '.join(EDIT_PREDICTORS)})")
 
 
 def _from_generation_config(config: dict) -> dict[str, Any]:
@@ -85,8 +91,7 @@ def _from_meta(meta: dict) -> dict[str, Any]:
     if "decoding" not in sampler and "verify" in sampler:
         sampler["decoding"] = "verified" if sampler["verify"] else "diffusion"
     postprocess = meta.get("postprocess") or {}
-    return {**sampler, **{key: postprocess[key] for key in ("min_confidence", "gate", "edit_min_confidence")
-                          if key in postprocess}}
+    return {**sampler, **{key: postprocess[key] for key in POSTPROCESS_KEYS if key in postprocess}}
 
 
 @dataclass(frozen=True)

@@ -326,6 +326,7 @@ def edit_settings_from(args: argparse.Namespace, command: str = "dglsp eval edit
                                             warmup=warmup)
     options.setdefault("sampler", {}).setdefault("seed", args.seed)
     next_edit = options.setdefault("next_edit", {})
+    next_edit.setdefault("predictor", "model")  # the model row is the model's; the baselines run beside it
     if args.no_seed:
         next_edit["seed_canvas"] = False
     if args.radius is not None:

@@ -17,7 +17,7 @@ from dglsp import config
 DEFAULT_WORK_DIR = Path(os.environ.get("DGLSP_TRAIN_DIR", Path.home() / "dglsp-train"))
 PRESET_NAMES = ("tiny", "small", "base", "deep")  # modelzoo.PRESETS (a test checks they agree)
 BENCHMARKS = ("single-line", "multi-line", "random-span")
-DECODINGS, POLICIES = config.DECODINGS, config.POLICIES
+DECODINGS, POLICIES, EDIT_PREDICTORS = config.DECODINGS, config.POLICIES, config.EDIT_PREDICTORS
 EVAL_MODES = ("humaneval", "agreement", "repo", "gate", "curve", "edits")
 BENCH_MODES = ("typing", "draft", "shapes", "step", "edit")
 REPO_HOLE_KINDS = ("rest-of-line", "whole-line", "block", "random-span")
@@ -57,6 +57,7 @@ class TrainConfig:
     serve_settle_steps: int = 0
     serve_min_confidence: float = 0.73
     serve_gate: str = "canvas"  # canvas | encoder: whose probability of the shown tokens the gate reads
+    serve_edit_predictor: str = ""  # model | substitution; "": the model when the run mixes in edits, else substitution
     # The diffusion schedule: temperature from serve_t_max (first step) to serve_t_min, and the entropy a step
     # may accept in all. DiffusionGemma's values (0.8, 0.4, 0.1) never let the small model's stop rule fire;
     # these end a canvas in 4-5 steps instead of 8 (the model card's schedule sweep).
@@ -140,9 +141,12 @@ FIELD_HELP = {
     "edits": "next-edit examples to mix in: an edit corpus's train.jsonl.gz (python -m dglsp.tools.edit_corpus; "
              "'' = none)",
     "edit_prob": "the share of training examples that are next edits from --edits (0 = off)",
+    "serve_edit_predictor": "who proposes next edits, in the export's dglsp.json: model or substitution "
+                            "('' = the model when --edits are mixed in, else the substitution)",
 }
 CHOICES = {"preset": PRESET_NAMES, "precision": ("auto", "bf16", "fp32"), "optimizer": ("adamw", "muon"),
-           "serve_decoding": DECODINGS, "serve_policy": POLICIES, "serve_gate": ("canvas", "encoder")}
+           "serve_decoding": DECODINGS, "serve_policy": POLICIES, "serve_gate": ("canvas", "encoder"),
+           "serve_edit_predictor": ("", *EDIT_PREDICTORS)}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

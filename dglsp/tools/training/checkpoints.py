@@ -65,6 +65,8 @@ def serving_defaults(cfg: TrainConfig, canvas_length: int) -> ModelDefaults:
         eos_freeze=cfg.serve_eos_freeze, line_canvas_length=cfg.serve_line_canvas_length or None,
         verify_steps=cfg.serve_verify_steps, verify_mix=cfg.serve_verify_mix, settle_steps=cfg.serve_settle_steps,
         min_confidence=cfg.serve_min_confidence, gate=cfg.serve_gate,  # type: ignore[arg-type]
+        edit_predictor=cfg.serve_edit_predictor or (  # type: ignore[arg-type]
+            "model" if cfg.edits and cfg.edit_prob > 0 else "substitution"),
     )
     defaults.check()
     return defaults
