@@ -214,33 +214,6 @@ function draft_section()
   snapshot("draft cancelled")
 end
 
--- Every extmark of the next-edit namespace, as drawn: position, span, highlight, virtual text and lines.
-local function edit_marks(buf, ns)
-  local function joined(chunks)
-    local text = ""
-    for _, chunk in ipairs(chunks) do
-      text = text .. chunk[1]
-    end
-    return text
-  end
-  local marks = {}
-  for _, found in ipairs(vim.api.nvim_buf_get_extmarks(buf, ns, 0, -1, { details = true })) do
-    local _, row, col, details = unpack(found)
-    table.insert(marks, {
-      row = row,
-      col = col,
-      end_row = details.end_row or vim.NIL,
-      end_col = details.end_col or vim.NIL,
-      hl_group = details.hl_group or vim.NIL,
-      virt_text = details.virt_text and joined(details.virt_text) or vim.NIL,
-      virt_text_hl = details.virt_text and details.virt_text[1][2] or vim.NIL,
-      virt_text_pos = details.virt_text_pos or vim.NIL,
-      virt_lines = details.virt_lines and vim.tbl_map(joined, details.virt_lines) or vim.NIL,
-    })
-  end
-  return marks
-end
-
 -- Next edits (the server's substitution predictor): rename a name; the edit at its next use is drawn there,
 -- <Tab> jumps to it (far) and applies it; the next one (near) is dismissed by <Esc>, asked for again by
 -- :DglspNextEdit and applied by one <Tab>.
@@ -262,7 +235,7 @@ local function next_edit_section(opts)
       lines = vim.api.nvim_buf_get_lines(buf, 0, -1, false),
       cursor = { row - 1, col },
       shown = next_edit.inspect() or vim.NIL,
-      marks = edit_marks(buf, next_edit.ns),
+      marks = h.extmarks(buf, next_edit.ns),
       stats = stats,
       statusline = dglsp.statusline(),
       sent_seen = #results.sent,

@@ -42,6 +42,32 @@ return function(results)
     h.sleep(30)
   end
 
+  -- Every extmark of namespace `ns` in `buf`, as drawn: position, span, highlight, virtual text, lines and sign.
+  function h.extmarks(buf, ns)
+    local function joined(chunks)
+      return table.concat(vim.tbl_map(function(chunk)
+        return chunk[1]
+      end, chunks))
+    end
+    local found = {}
+    for _, mark in ipairs(ns and vim.api.nvim_buf_get_extmarks(buf, ns, 0, -1, { details = true }) or {}) do
+      local _, row, col, details = unpack(mark)
+      table.insert(found, {
+        row = row,
+        col = col,
+        end_row = details.end_row or vim.NIL,
+        end_col = details.end_col or vim.NIL,
+        hl_group = details.hl_group or vim.NIL,
+        virt_text = details.virt_text and joined(details.virt_text) or vim.NIL,
+        virt_text_hl = details.virt_text and details.virt_text[1][2] or vim.NIL,
+        virt_text_pos = details.virt_text_pos or vim.NIL,
+        virt_lines = details.virt_lines and vim.tbl_map(joined, details.virt_lines) or vim.NIL,
+        sign_text = details.sign_text or vim.NIL,
+      })
+    end
+    return found
+  end
+
   function h.run(main)
     co = coroutine.create(function()
       local ok, err = xpcall(main, debug.traceback)

@@ -62,29 +62,9 @@ local plugin = assert(plugins[kind], "DGLSP_STOCK_CLIENT: copilot-lsp or sidekic
 
 local buf
 
--- Every extmark the plugin drew: position, span, highlight, virtual text and lines.
+-- Every extmark the plugin drew.
 local function marks()
-  local ns = vim.api.nvim_get_namespaces()[plugin.namespace]
-  local function joined(chunks)
-    return table.concat(vim.tbl_map(function(chunk)
-      return chunk[1]
-    end, chunks))
-  end
-  local found = {}
-  for _, mark in ipairs(ns and vim.api.nvim_buf_get_extmarks(buf, ns, 0, -1, { details = true }) or {}) do
-    local _, row, col, details = unpack(mark)
-    table.insert(found, {
-      row = row,
-      col = col,
-      end_row = details.end_row or vim.NIL,
-      end_col = details.end_col or vim.NIL,
-      hl_group = details.hl_group or vim.NIL,
-      virt_text = details.virt_text and joined(details.virt_text) or vim.NIL,
-      virt_lines = details.virt_lines and vim.tbl_map(joined, details.virt_lines) or vim.NIL,
-      sign_text = details.sign_text or vim.NIL,
-    })
-  end
-  return found
+  return h.extmarks(buf, vim.api.nvim_get_namespaces()[plugin.namespace])
 end
 
 local function step(name)
