@@ -253,7 +253,8 @@ def test_the_predictor_is_the_models_own_unless_the_settings_name_one(bundle):
     # dglsp.json carries it, and reads it back.
     meta = replace(ModelDefaults(), edit_predictor="substitution").to_meta()
     assert meta["postprocess"]["edit_predictor"] == "substitution"
-    assert ModelDefaults.read(meta).edit_predictor == "substitution" and ModelDefaults.read({}).edit_predictor == "model"
+    assert ModelDefaults.read(meta).edit_predictor == "substitution"
+    assert ModelDefaults.read({}).edit_predictor == "model"
 
 
 def test_the_substitution_predictor_repeats_the_last_edit_without_a_model(bundle):

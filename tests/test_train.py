@@ -359,3 +359,11 @@ def test_a_scored_stretch_is_closed_and_the_next_run_opens_a_row():
     checkpoints.open_stretch(scored)
     assert [row["from_step"] for row in scored.stretches] == [10, 30]
     assert scored.stretches[0]["steps"] == 20  # the scored row keeps the weights it was scored on
+
+
+def test_a_stretch_reports_the_held_out_loss_of_its_own_weights_even_when_worse_than_the_best():
+    state = checkpoints.TrainState(step=40, best_held_out=3.86, stretches=[{"date": "2026-12-03", "from_step": 30}])
+    checkpoints.open_stretch(state)
+    assert "held_out_loss" not in state.stretches[-1]  # nothing exported yet: no loss to claim
+    checkpoints._update_stretch(state, 3.93)  # what export_and_ship records after an export
+    assert state.stretches[-1]["held_out_loss"] == 3.93 and state.best_held_out == 3.86

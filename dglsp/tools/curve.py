@@ -22,6 +22,8 @@ def loss_series(log: list[dict]) -> dict[str, list[tuple[float, float]]]:
     series: dict[str, list[tuple[float, float]]] = {}
     previous: dict | None = None
     for row in log:
+        if row.get("held_out_loss") is None:
+            continue  # a stretch not exported yet
         line = series.setdefault(row.get("held_out_metric", CURRENT_METRIC), [])
         if not line and previous is not None and "from_held_out_loss" in row:
             line.append((previous["cpu_hours"], row["from_held_out_loss"]))

@@ -179,7 +179,7 @@ def export_and_ship(model: DiffusionGemmaForBlockDiffusion, tokenizer: PreTraine
     improved = held["loss"] < state.best_held_out
     if improved:
         state.best_held_out = held["loss"]
-    _update_stretch(state)
+    _update_stretch(state, held["loss"])
     export_model(model, tokenizer, export_dir, manifest, state, cfg, command)
     log(f"exported step {state.step} to {export_dir} (held-out {held['loss']:.4f})")
     if ship_dir is not None and improved:
@@ -199,8 +199,10 @@ def open_stretch(state: TrainState) -> None:
     _update_stretch(state)
 
 
-def _update_stretch(state: TrainState) -> None:
-    state.stretches[-1].update({
-        "steps": state.step, "tokens_seen": state.tokens_seen, "cpu_hours": round(state.cpu_seconds / 3600, 3),
-        "held_out_loss": state.best_held_out if math.isfinite(state.best_held_out) else None,
-    })
+def _update_stretch(state: TrainState, held_out_loss: float | None = None) -> None:
+    """The row's totals so far; its held-out loss is that of the weights at its end (the last export's), not the
+    run's best: a stretch that made the model worse must say so."""
+    row = state.stretches[-1]
+    row.update({"steps": state.step, "tokens_seen": state.tokens_seen, "cpu_hours": round(state.cpu_seconds / 3600, 3)})
+    if held_out_loss is not None:
+        row["held_out_loss"] = round(held_out_loss, 4)
