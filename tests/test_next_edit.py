@@ -24,6 +24,7 @@ from dglsp.completion.next_edit import (
 )
 from dglsp.completion.outcome import Reason
 from dglsp.config import ContextSettings, EngineSettings, Settings
+from dglsp.lsp.server import _plain  # the test client parses results into named tuples, as pygls does
 from dglsp.model.loading import load_local
 
 SOURCE = "def area(w, h):\n    return w * h\n\n\nprint(area(2, 3))\nprint(area(4, 5))\n"
@@ -186,7 +187,7 @@ async def test_copilot_inline_edit_answers_in_copilots_shape(tiny_model_dir):
         assert edit.textDocument.uri == URI and edit.textDocument.version == 2
         assert edit.command.command == "dglsp.editAccepted"
         await client.workspace_execute_command_async(types.ExecuteCommandParams(
-            command=edit.command.command, arguments=[_json(argument) for argument in edit.command.arguments]))
+            command=edit.command.command, arguments=_plain(edit.command.arguments)))
         stats = await _stats_until(client, lambda stats: True)
         assert stats["outcomes"].get("edit_accepted") == 1
     else:
@@ -199,13 +200,6 @@ async def test_copilot_inline_edit_answers_in_copilots_shape(tiny_model_dir):
     assert renamed  # the document the server now holds (didChange applied)
     await client.shutdown_session()
     await client.stop()
-
-
-def _json(value):
-    """A custom method's result as the JSON it came as (the test client parses it into named tuples)."""
-    if hasattr(value, "_asdict"):
-        return {key: _json(item) for key, item in value._asdict().items()}
-    return [_json(item) for item in value] if isinstance(value, list) else value
 
 
 async def _stats_until(client, done, seconds: float = 60.0) -> dict:

@@ -145,10 +145,11 @@ class EditHistory:
         with self._lock:
             proposal = self._proposals.pop(change.uri, None)  # any change makes a proposal stale
         applied = proposal is not None and proposal.applied_by(change)
-        if applied and proposal is not None and not proposal.counted:
+        first = applied and proposal is not None and not proposal.counted
+        if first and proposal is not None:
             self.note_suggestion(change.uri, "edit", proposal.edit, "accepted")
         self._record(change, own_edit=applied)
-        return applied and proposal is not None and not proposal.counted
+        return first
 
     def _record(self, change: DocumentChange, own_edit: bool) -> None:
         before_lines = change.before.split("\n")

@@ -136,9 +136,9 @@ class SimulatedEditor:
         self.client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
             uri=self.uri, language_id="python", version=1, text=self.text)))
         # Both editor plugins say where the cursor is when a buffer is entered.
+        cursor = self.position()
         self.client.protocol.notify("dglsp/focus", {"textDocument": {"uri": self.uri},
-                                                    "position": {"line": self.position().line,
-                                                                 "character": self.position().character}})
+                                                    "position": {"line": cursor.line, "character": cursor.character}})
 
     def close(self) -> None:
         from lsprotocol import types
