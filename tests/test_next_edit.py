@@ -105,6 +105,19 @@ def test_an_acceptance_is_counted_once_whichever_the_client_sends_first():
     assert not history.accepted_edit(URI, suggestion)
 
 
+@pytest.mark.parametrize(("before", "old", "deleted_lines"), [
+    ("a\nb\nc", "\nb\nc", (1, ["b", "c"])),  # the file's last lines: fewer lines after than before
+    ("a\nb\na", "\na", (2, ["a"])),  # the last line repeats the first kept one
+    ("a\nb\nc\n", "b\nc\n", (1, ["b", "c"])),
+])
+def test_a_deletion_at_the_end_of_the_file_is_recorded_as_the_lines_it_removed(before, old, deleted_lines):
+    history = EditHistory()
+    start = before.rindex(old)
+    history.record(DocumentChange(URI, 2, start, start + len(old), old, "", before))
+    [edit] = history.edits(URI)
+    assert (edit.start_line, edit.old_lines, edit.new_lines) == (*deleted_lines, [])
+
+
 def test_the_smallest_edit_is_the_changed_span():
     assert smallest_edit("print(area(2, 3))\n", "print(surface(2, 3))\n", 100) == Edit(106, 110, "surface")
     assert smallest_edit("same\n", "same\n", 0) is None

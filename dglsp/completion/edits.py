@@ -234,10 +234,12 @@ def _lines_between(change: DocumentChange, first: int, last: int) -> list[str]:
 
 def _trimmed(before: list[str], after: list[str], first: int, last: int, added: int) -> tuple[int, int]:
     """The lines a change really touched: lines it left as they were at either end are not part of it (a line
-    inserted at the start of another leaves that one intact; it only moves). `last` < `first`: a pure insertion."""
-    while first <= last and before[first] == after[first]:
+    inserted at the start of another leaves that one intact; it only moves). `last` < `first`: a pure insertion.
+    The change's lines are `first`..`last` before it and `first`..`last + added` after it; trimming stops when
+    either runs out (a deletion that ends the file leaves fewer lines after than the loop would compare)."""
+    while first <= min(last, last + added) and before[first] == after[first]:
         first += 1
-    while last >= first and before[last] == after[last + added]:
+    while last >= first and last + added >= first and before[last] == after[last + added]:
         last -= 1
     return first, last
 
