@@ -238,6 +238,9 @@ class LatencySettings:
     # torch.compile the decoder step (read at start-up): "auto" on CUDA only; "on" on the CPU too, where inductor's
     # fused kernels make a step ~1.2-1.6x faster but compiling costs 80-130 s at the first request's shapes.
     compile_decoder: Literal["auto", "on", "off"] = "auto"
+    # Where the decoder step is not compiled, on the CPU: the lean step (one fused op where transformers runs a
+    # dozen; logits equal to rounding) for the models it covers; off: transformers' forward. Read at start-up.
+    lean_decoder: bool = True
 
     def validate(self) -> None:
         _require(0 <= self.prefix_cache_documents <= 1024, "prefix_cache_documents must be in 0..1024")

@@ -26,6 +26,7 @@ from dglsp.model import decoding
 from dglsp.model.backend import CanvasCallback, Generation, GenerationStats, ModelBundle
 from dglsp.model.diffusion import lm_logits
 from dglsp.model.kvcache import PrefixCache, cache_mark, dynamic_layers, rollback
+from dglsp.model.lean import LeanDecoder, supports
 from dglsp.model.sampler import CanvasResult, denoise_canvas
 from dglsp.model.schedule import ModelDefaults, Sampling, Schedule, resolve
 
@@ -69,8 +70,15 @@ class Engine:
         # transformers' math, bit-exact with generate(). The GPU compiles the decoder step (eager again if that fails).
         self.sampling: Sampling = "fused" if self.device.type == "cuda" else "fast"
         self._decoder_step: Callable[..., Any] = model
+        self._lean: LeanDecoder | None = None
         if latency.compile_decoder == "on" or (latency.compile_decoder == "auto" and self.device.type == "cuda"):
             self._decoder_step = torch.compile(model, dynamic=True)
+        elif latency.lean_decoder and self.device.type == "cpu":
+            unsupported = supports(model)
+            if unsupported is None:
+                self._lean = LeanDecoder(model)
+            else:
+                log.info("transformers' decoder step: the lean one does not cover this model (%s)", unsupported)
 
     # -- settings ------------------------------------------------------------------------------
     def schedule(self, settings: SamplerSettings) -> Schedule:
@@ -192,21 +200,26 @@ class Engine:
                 seed_tokens: list[int] | None = None) -> CanvasResult:
         """One canvas denoised after what `cache` holds."""
 
+        exact = schedule.sampling == "reference"
+
         def forward(canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
-            return self.decoder_logits(cache, canvas, self_conditioning)
+            return self.decoder_logits(cache, canvas, self_conditioning, exact=exact)
 
         return denoise_canvas(forward, schedule, self.vocab_size, self.device, generator=generator,
                               should_stop=should_stop, on_step=on_step, deadline=deadline, fixed=fixed,
                               eos_ids=self.eos_ids, pad_id=self.pad_id, seed_tokens=seed_tokens)
 
     def decoder_logits(self, cache: DynamicCache, canvas: torch.Tensor,
-                       self_conditioning: torch.Tensor | None = None) -> torch.Tensor:
+                       self_conditioning: torch.Tensor | None = None, exact: bool = False) -> torch.Tensor:
         """One bidirectional decoder forward over `canvas` [1, L] at the positions after what `cache` holds: raw
-        logits [1, L, V]. The cache is read, never written."""
+        logits [1, L, V]. The cache is read, never written. `exact` runs transformers' own forward (bit-exact with
+        `generate()`); otherwise the lean step where the engine has one (equal to rounding)."""
         start = cache.get_seq_length()
         positions = torch.arange(start, start + canvas.shape[1], device=self.device).unsqueeze(0)
         if self_conditioning is not None:
             self_conditioning = self_conditioning.to(self.model.model.decoder.embed_tokens.weight.dtype)
+        if self._lean is not None and not exact:
+            return self._lean(cache, canvas, self_conditioning, positions)
         return self._decoder_forward(decoder_input_ids=canvas, past_key_values=cache,
                                      self_conditioning_logits=self_conditioning, decoder_position_ids=positions).logits
 
