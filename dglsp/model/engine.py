@@ -199,7 +199,6 @@ class Engine:
                 deadline: float | None, fixed: list[int] | None = None,
                 seed_tokens: list[int] | None = None) -> CanvasResult:
         """One canvas denoised after what `cache` holds."""
-
         exact = schedule.sampling == "reference"
 
         def forward(canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:

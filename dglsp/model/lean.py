@@ -18,6 +18,7 @@ forward, which is bit-exact with `generate()`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,7 @@ def supports(model: DiffusionGemmaForBlockDiffusion) -> str | None:
         return "clipped linears"
     if not getattr(config, "num_experts", 0) or not getattr(config, "top_k_experts", 0):
         return "no mixture of experts"
-    if getattr(config, "final_logit_softcapping", None) is None and getattr(model, "final_logit_softcapping", None) is None:
+    if getattr(model, "final_logit_softcapping", None) is None:
         return "no final soft-capping"
     return None
 
@@ -148,7 +149,8 @@ class LeanDecoder:
         return F.linear(out.transpose(1, 2).reshape(1, length, -1), layer.o_proj)
 
     def _experts(self, layer: _Layer, hidden: torch.Tensor) -> torch.Tensor:
-        """The router's top-k experts for each token, every expert computed densely and weighted (zero off the top-k)."""
+        """Each token's top-k experts as the router weighs them: every expert computed densely, weighted 0 off the
+        top-k."""
         flat = hidden.reshape(-1, self.hidden)
         routed = self._norm(flat, None) * layer.router_scale * self.hidden ** -0.5
         probabilities = torch.softmax(F.linear(routed, layer.router_proj), dim=-1, dtype=torch.float32)
@@ -167,7 +169,7 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def _layer(layer: torch.nn.Module) -> _Layer:
+def _layer(layer: Any) -> _Layer:  # a DiffusionGemmaDecoderTextLayer (its attributes are untyped Modules)
     attention = layer.self_attn
     projections = [attention.q_proj.weight, attention.k_proj.weight]
     if attention.v_proj is not None:
@@ -184,6 +186,7 @@ def _layer(layer: torch.nn.Module) -> _Layer:
         q_norm=attention.q_norm.weight.float(), k_norm=attention.k_norm.weight.float(),
         o_proj=attention.o_proj.weight, norms=norms,
         gate_up=torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]), down=layer.mlp.down_proj.weight,
-        router_proj=layer.router.proj.weight, router_scale=layer.router.scale, per_expert_scale=layer.router.per_expert_scale,
-        experts_gate_up=layer.experts.gate_up_proj, experts_down=layer.experts.down_proj, layer_scalar=layer.layer_scalar,
+        router_proj=layer.router.proj.weight, router_scale=layer.router.scale,
+        per_expert_scale=layer.router.per_expert_scale, experts_gate_up=layer.experts.gate_up_proj,
+        experts_down=layer.experts.down_proj, layer_scalar=layer.layer_scalar,
     )
