@@ -66,6 +66,25 @@ def test_the_prefix_policy_commits_left_to_right_and_freezes_the_tail_after_eos(
     assert seen[0][:2] == [3, 4]
 
 
+def test_after_a_frozen_eos_the_decoder_runs_over_the_live_canvas_only():
+    target = [3, EOS, 5, 6, 7, 8]
+    lengths: list[int] = []
+
+    def denoise(canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
+        length = canvas.shape[1]
+        lengths.append(length)
+        assert self_conditioning is None or self_conditioning.shape[1] == length
+        return denoiser(target[:length], [0.999] * length)(canvas, self_conditioning)
+
+    result = denoise_canvas(denoise, schedule(canvas_length=6, max_steps=4, eos_freeze=True, entropy_bound=10.0,
+                                              t_max=0.01, t_min=0.01),
+                            VOCAB, torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+                            eos_ids=frozenset({EOS}), pad_id=0)
+    assert lengths[0] == 6 and lengths[1:] and set(lengths[1:]) == {2}  # the EOS committed at step 1 ends it
+    assert result.tokens[0].tolist() == [3, EOS, 0, 0, 0, 0]
+    assert result.logprobs is not None and result.logprobs[0, 2:].abs().max() < 1e-6  # the tail: padding, certain
+
+
 def test_a_seeded_canvas_starts_from_its_seed():
     firsts: list[list[int]] = []
 

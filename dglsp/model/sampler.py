@@ -7,7 +7,8 @@ and with the same seed it reproduces `generate()` token for token. The `prefix` 
 canvas left to right instead (`diffusion.prefix_accept`). What the loop adds to both: a stop flag
 checked after every step, a callback that sees each intermediate canvas, pinned leading positions
 (verified decoding's pending token), a seeded start (a draft to improve instead of noise), the
-settle rule, an EOS tail frozen to padding, and stats.
+settle rule, an EOS tail frozen to padding (the decoder's later steps cover the canvas up to it only), and
+stats.
 
 It knows nothing about transformers: the caller passes `denoise(canvas, self_cond)`, one decoder
 forward over the canvas returning raw logits `[1, L, V]`, and a resolved `Schedule`.
@@ -100,7 +101,7 @@ def denoise_canvas(
     converged = stopped = False
     for step_remaining in range(schedule.max_steps, 0, -1):
         temperature = temperature_at(step_remaining, schedule.max_steps, schedule.t_min, schedule.t_max).to(device)
-        raw_logits = denoise(state.tokens, self_conditioning)  # [1, L, V]
+        raw_logits = _denoise_live(denoise, state, self_conditioning, pad_id)  # [1, L, V]
         logits = raw_logits / temperature
         steps += 1
         if schedule.policy == "prefix":
@@ -124,6 +125,24 @@ def denoise_canvas(
         raw_logits.float(), dim=-1).gather(-1, state.argmax[..., None])[..., 0]  # [1, L]
     return CanvasResult(state.argmax, steps, stopped, converged, (time.perf_counter() - start) * 1000, logprobs,
                         None if raw_logits is None else raw_logits[0])
+
+
+PAD_CERTAINTY = 50.0  # a frozen tail's logit for padding over every other token: log-probability ~0, entropy ~0
+
+
+def _denoise_live(denoise: DenoiseFn, state: _Canvas, self_conditioning: torch.Tensor | None,
+                  pad_id: int) -> torch.Tensor:
+    """The decoder over the canvas up to its frozen tail only: a frozen tail is padding that no step changes
+    again, so it gets no decoder work (the live positions no longer attend to it); its logits say padding,
+    certainly, for the sampler, the gate and self-conditioning."""
+    length = state.tokens.shape[1]
+    if state.end >= length:
+        return denoise(state.tokens, self_conditioning)
+    live = denoise(state.tokens[:, : state.end],
+                   None if self_conditioning is None else self_conditioning[:, : state.end])
+    tail = live.new_zeros(1, length - state.end, live.shape[-1])
+    tail[..., pad_id] = PAD_CERTAINTY
+    return torch.cat([live, tail], dim=1)
 
 
 def _entropy_bound_step(state: _Canvas, logits: torch.Tensor, sample: SampleFn, schedule: Schedule,
