@@ -75,3 +75,40 @@ def test_the_engine_runs_transformers_forward_on_the_reference_path_and_when_tol
         engine.generate([2, 5, 7], schedule)
         assert len(calls) == (0 if sampling == "reference" else 2)
     assert _engine(None, lean=False)._lean is None
+
+
+def _encoded(engine: Engine, prompt: int, tokens: int, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's hidden states for `tokens` tokens after a `prompt`-token prefill (always transformers'), and
+    the logits of a decoder step (always transformers') reading the cache the pass left."""
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, engine.vocab_size, (prompt + tokens,), generator=generator).tolist()
+    canvas = torch.randint(0, engine.vocab_size, (1, 8), generator=generator)
+    with torch.inference_mode():
+        cache = engine.new_cache()
+        engine.encode(cache, ids[:prompt])
+        hidden = engine.encode(cache, ids[prompt:], exact=exact)
+        return hidden, engine.decoder_logits(cache, canvas, exact=True)
+
+
+@pytest.mark.parametrize("tokens", [1, 6])
+def test_the_lean_encoder_pass_gives_transformers_states_and_cache(tokens):
+    engine = _engine(None)
+    lean, reference = (_encoded(engine, 30, tokens, exact) for exact in (False, True))
+    torch.testing.assert_close(lean[0], reference[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lean[1], reference[1], atol=2e-4, rtol=1e-4)  # the cache it wrote reads the same
+
+
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_the_lean_encoder_keeps_its_sliding_window_past_the_window(tmp_path, tiny_tokenizer, tokens):
+    preset = dataclasses.replace(modelzoo.PRESETS["tiny"], num_hidden_layers=3, sliding_window=8)
+    model = modelzoo.build_model(preset, len(tiny_tokenizer), seed=4)
+    engine = _engine(str(modelzoo.save_model_dir(model, tiny_tokenizer, tmp_path / "narrow")))
+    lean, reference = (_encoded(engine, 20, tokens, exact) for exact in (False, True))
+    torch.testing.assert_close(lean[0], reference[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lean[1], reference[1], atol=2e-4, rtol=1e-4)
+
+
+def test_the_lean_encoder_on_a_hub_shaped_model(hub_model_dir):
+    engine = _engine(str(hub_model_dir))
+    lean, reference = (_encoded(engine, 12, 4, exact) for exact in (False, True))
+    torch.testing.assert_close(lean[0], reference[0], atol=1e-4, rtol=1e-4)

@@ -26,7 +26,7 @@ from dglsp.model import decoding
 from dglsp.model.backend import CanvasCallback, Generation, GenerationStats, ModelBundle
 from dglsp.model.diffusion import lm_logits
 from dglsp.model.kvcache import PrefixCache, cache_mark, dynamic_layers, rollback
-from dglsp.model.lean import LeanDecoder, supports
+from dglsp.model.lean import LeanDecoder, LeanEncoder, supports
 from dglsp.model.sampler import CanvasResult, denoise_canvas
 from dglsp.model.schedule import ModelDefaults, Sampling, Schedule, resolve
 
@@ -60,6 +60,8 @@ class Engine:
         self.eos_ids: frozenset[int] = frozenset(_eos_ids(bundle.tokenizer, model))
         self.pad_id: int = bundle.tokenizer.pad_token_id or 0
         self._lock = threading.Lock()
+        self._lean: LeanDecoder | None = None  # the lean passes, where the model and device take them (below)
+        self._lean_encoder: LeanEncoder | None = None
         latency = latency or LatencySettings()
         self.kv_bytes_per_token = self._kv_bytes_per_token()
         self.prefix_cache = PrefixCache(model.config, 0)
@@ -70,13 +72,12 @@ class Engine:
         # transformers' math, bit-exact with generate(). The GPU compiles the decoder step (eager again if that fails).
         self.sampling: Sampling = "fused" if self.device.type == "cuda" else "fast"
         self._decoder_step: Callable[..., Any] = model
-        self._lean: LeanDecoder | None = None
         if latency.compile_decoder == "on" or (latency.compile_decoder == "auto" and self.device.type == "cuda"):
             self._decoder_step = torch.compile(model, dynamic=True)
         elif latency.lean_decoder and self.device.type == "cpu":
             unsupported = supports(model)
             if unsupported is None:
-                self._lean = LeanDecoder(model)
+                self._lean, self._lean_encoder = LeanDecoder(model), LeanEncoder(model)
             else:
                 log.info("transformers' decoder step: the lean one does not cover this model (%s)", unsupported)
 
@@ -166,11 +167,16 @@ class Engine:
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.model.config.get_text_config(decoder=True))
 
-    def encode(self, cache: DynamicCache, token_ids: list[int]) -> torch.Tensor:
-        """Run the causal encoder over `token_ids`, appending them to `cache`; returns hidden states [1, T, H]."""
+    def encode(self, cache: DynamicCache, token_ids: list[int], exact: bool = True) -> torch.Tensor:
+        """Run the causal encoder over `token_ids`, appending them to `cache`; returns hidden states [1, T, H].
+        `exact` runs transformers' own forward; otherwise the lean pass where the engine has one (equal to
+        rounding): the decodings' short passes after the prompt, never the prompt's prefill, which every path's
+        cache shares."""
         start = cache.get_seq_length()
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(token_ids), device=self.device).unsqueeze(0)
+        if self._lean_encoder is not None and not exact:
+            return self._lean_encoder(cache, ids, positions)
         out = self.model.model.encoder(input_ids=ids, past_key_values=cache, position_ids=positions)
         return out.last_hidden_state
 
@@ -223,14 +229,14 @@ class Engine:
                                      self_conditioning_logits=self_conditioning, decoder_position_ids=positions).logits
 
     def verify(self, cache: DynamicCache, draft: list[int], canvas_logits: torch.Tensor | None = None,
-               mix: float = 0.0) -> Verdict:
+               mix: float = 0.0, exact: bool = True) -> Verdict:
         """One encoder pass over `draft` (its first token is already accepted): keep its longest prefix whose
         every token is the acceptance rule's choice, given the tokens before it. The rule is the encoder's
         greedy prediction (exactly token-by-token decoding) or, with `mix` > 0 and the draft canvas's own
         logits [L, V], the argmax of mix * canvas + (1 - mix) * encoder log-probabilities (APD's dial, arXiv
         2506.00413). The cache keeps the K/V of the kept tokens only."""
         mark = cache_mark(cache)
-        hidden = self.encode(cache, draft)  # [1, L, H]
+        hidden = self.encode(cache, draft, exact)  # [1, L, H]
         encoder = torch.log_softmax(self.lm_logits(hidden[0]), dim=-1)  # [L, V]: position i predicts i + 1
         scores = encoder
         if mix > 0 and canvas_logits is not None:  # canvas position i + 1 against the encoder's position i

@@ -1,22 +1,25 @@
-"""A lean decoder step: DiffusionGemma's text decoder as transformers computes it, in far fewer tensor ops.
+"""Lean passes: DiffusionGemma's text decoder step and encoder pass as transformers computes them, in far fewer
+tensor ops.
 
-On a CPU the embedded model's step is bound by dispatch, not arithmetic: transformers' decoder issues ~3,000
-small ops a step (a cast around every norm, a mask builder, an expert loop of `one_hot`/`nonzero`/`index_add`),
+On a CPU the embedded model's passes are bound by dispatch, not arithmetic: transformers issues ~3,000 small
+ops a decoder step (a cast around every norm, a mask builder, an expert loop of `one_hot`/`nonzero`/`index_add`),
 and at 256 hidden units their overhead costs more than their math. Here each layer is a few fused ops: one
-matmul for q/k/v and one for gate/up, `F.rms_norm`, one `scaled_dot_product_attention` over the read-only
-encoder cache and the canvas, and the mixture of experts computed densely for every expert (a handful of small
-experts on a canvas of ≤ 32 tokens cost less than routing tokens to them one expert at a time).
+matmul for q/k/v and one for gate/up, `F.rms_norm`, one `scaled_dot_product_attention`, and the mixture of
+experts computed densely for every expert (a handful of small experts on a few dozen tokens cost less than
+routing tokens to them one expert at a time). The decoder reads the encoder's cache and attends bidirectionally
+without a mask (transformers builds none for an unpadded `DynamicCache`); the encoder appends to the cache
+through its public `update` and attends causally, within the sliding window on sliding layers.
 
-The weights are transformers' own tensors (views, not copies); the math follows `DiffusionGemmaDecoderModel`
-and `DiffusionGemmaForBlockDiffusion.forward` with the same dtypes, so the logits agree with transformers' to
-rounding (the tests compare them). `supports(model)` says which models it covers: text decoders without
-clipped linears whose decoder reads an unpadded `DynamicCache` (no attention mask, as transformers builds none
-there). The serving path uses it on the CPU; the reference path (`sampling: "reference"`) keeps transformers'
-forward, which is bit-exact with `generate()`.
+The weights are transformers' own tensors; the math follows `DiffusionGemmaDecoderModel`,
+`DiffusionGemmaEncoderTextModel` and `DiffusionGemmaForBlockDiffusion.forward` with the same dtypes, so the
+results agree with transformers' to rounding (the tests compare them). `supports(model)` says which models it
+covers. The engine uses them on the CPU off the reference path (`sampling: "reference"` keeps transformers'
+forward, bit-exact with `generate()`), and never for the prompt's prefill, whose cache every path shares.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,59 +72,41 @@ def supports(model: DiffusionGemmaForBlockDiffusion) -> str | None:
     return None
 
 
-class LeanDecoder:
-    """`decoder_logits(cache, canvas, self_conditioning)` for a model `supports` accepts."""
+Attend = Callable[[int, "_Layer", torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-    def __init__(self, model: DiffusionGemmaForBlockDiffusion):
+
+class _LeanStack:
+    """The layers shared by both passes; `_run` takes how a layer's attention meets the cache."""
+
+    def __init__(self, model: DiffusionGemmaForBlockDiffusion, part: Any):  # the decoder or the encoder's text model
         reason = supports(model)
-        assert reason is None, f"the lean decoder does not cover this model: {reason}"
-        decoder = model.model.decoder
+        assert reason is None, f"the lean passes do not cover this model: {reason}"
         config = model.config.get_text_config()
         self.eps = float(config.rms_norm_eps)
         self.top_k = int(config.top_k_experts)
         self.hidden = int(config.hidden_size)
-        self.embed = decoder.embed_tokens.weight
-        self.embed_scale = decoder.embed_tokens.embed_scale.to(self.embed.dtype)
-        self.rotary = decoder.rotary_emb
+        self.embed: torch.Tensor = part.embed_tokens.weight
+        self.embed_scale: torch.Tensor = part.embed_tokens.embed_scale.to(self.embed.dtype)
+        self.rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]] = part.rotary_emb
         self.layer_types = list(config.layer_types)
-        sc = decoder.self_conditioning
-        self.sc_pre = sc.pre_norm.weight.float()
-        self.sc_gate_up = torch.cat([sc.gate_proj.weight, sc.up_proj.weight])
-        self.sc_down = sc.down_proj.weight
-        self.final_norm = decoder.norm.weight.float()
-        self.lm_head = model.lm_head.weight
-        self.softcap = float(model.final_logit_softcapping)
-        self.layers = [_layer(layer) for layer in decoder.layers[: config.num_hidden_layers]]
+        self.window = int(config.sliding_window or 0)
+        self.final_norm: torch.Tensor = part.norm.weight.float()
+        self.layers = [_layer(layer) for layer in part.layers[: config.num_hidden_layers]]
 
-    @torch.inference_mode()
-    def __call__(self, cache: DynamicCache, canvas: torch.Tensor, self_conditioning: torch.Tensor | None,
-                 positions: torch.Tensor) -> torch.Tensor:
-        """Raw logits [1, L, V] for `canvas` [1, L] at `positions` [1, L], reading what `cache` holds."""
-        hidden = self._inputs(canvas, self_conditioning)
+    def _run(self, hidden: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
         rope = {kind: self.rotary(hidden, positions, kind) for kind in set(self.layer_types)}
-        for layer, cached in zip(self.layers, dynamic_layers(cache), strict=False):
-            hidden = self._layer(layer, hidden, rope[layer.layer_type], cached.keys, cached.values)
-        hidden = self._norm(hidden, self.final_norm)
-        logits = F.linear(hidden, self.lm_head).float()
-        return torch.tanh(logits / self.softcap) * self.softcap
+        for index, layer in enumerate(self.layers):
+            hidden = self._layer(index, layer, hidden, rope[layer.layer_type], attend)
+        return self._norm(hidden, self.final_norm)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
         # transformers' RMSNorm: float32 math, the scale applied in float32, back to the input's dtype
         return F.rms_norm(x.float(), (x.shape[-1],), weight, self.eps).type_as(x)
 
-    def _inputs(self, canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
-        embeds = F.embedding(canvas, self.embed) * self.embed_scale
-        if self_conditioning is None:  # a zero signal: the gated MLP of zeros adds zeros
-            return self._norm(embeds, None)
-        soft = torch.softmax(self_conditioning, dim=-1, dtype=torch.float32).to(self.embed.dtype) @ self.embed
-        normed = self._norm(soft * self.embed_scale, self.sc_pre)
-        gate, up = F.linear(normed, self.sc_gate_up).chunk(2, dim=-1)
-        return self._norm(embeds + F.linear(F.gelu(gate, approximate="tanh") * up, self.sc_down), None)
-
-    def _layer(self, layer: _Layer, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-               cached_keys: torch.Tensor | None, cached_values: torch.Tensor | None) -> torch.Tensor:
+    def _layer(self, index: int, layer: _Layer, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+               attend: Attend) -> torch.Tensor:
         norms = layer.norms
-        attended = self._attention(layer, self._norm(hidden, norms["input"]), rope, cached_keys, cached_values)
+        attended = self._attention(index, layer, self._norm(hidden, norms["input"]), rope, attend)
         hidden = hidden + self._norm(attended, norms["post_attention"])
         dense = self._norm(hidden, norms["pre_feedforward"])
         gate, up = F.linear(dense, layer.gate_up).chunk(2, dim=-1)
@@ -130,8 +115,8 @@ class LeanDecoder:
         hidden = hidden + self._norm(dense + experts, norms["post_feedforward"])
         return hidden * layer.layer_scalar
 
-    def _attention(self, layer: _Layer, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                   cached_keys: torch.Tensor | None, cached_values: torch.Tensor | None) -> torch.Tensor:
+    def _attention(self, index: int, layer: _Layer, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                   attend: Attend) -> torch.Tensor:
         length = x.shape[1]
         projected = F.linear(x, layer.qkv)
         query = projected[..., : layer.q_size].view(1, length, layer.heads, layer.head_dim)
@@ -143,9 +128,7 @@ class LeanDecoder:
         query = _rotate(self._norm(query, layer.q_norm), cos, sin).transpose(1, 2)
         key = _rotate(self._norm(key, layer.k_norm), cos, sin).transpose(1, 2)
         value = self._norm(value, None).transpose(1, 2)
-        if cached_keys is not None and cached_values is not None:
-            key, value = torch.cat([cached_keys, key], dim=-2), torch.cat([cached_values, value], dim=-2)
-        out = F.scaled_dot_product_attention(query, key, value, scale=1.0, enable_gqa=layer.heads != layer.kv_heads)
+        out = attend(index, layer, query, key, value)
         return F.linear(out.transpose(1, 2).reshape(1, length, -1), layer.o_proj)
 
     def _experts(self, layer: _Layer, hidden: torch.Tensor) -> torch.Tensor:
@@ -162,6 +145,75 @@ class LeanDecoder:
         outputs = torch.matmul(F.gelu(gate, approximate="tanh") * up, layer.experts_down.transpose(1, 2))  # [E, T, H]
         mixed = torch.einsum("eth,te->th", outputs.float(), weights).to(hidden.dtype)
         return mixed.reshape(hidden.shape)
+
+
+class LeanDecoder(_LeanStack):
+    """One decoder step: raw logits for a canvas after what the cache holds, which it reads and never writes."""
+
+    def __init__(self, model: DiffusionGemmaForBlockDiffusion):
+        decoder = model.model.decoder
+        super().__init__(model, decoder)
+        sc = decoder.self_conditioning
+        self.sc_pre = sc.pre_norm.weight.float()
+        self.sc_gate_up = torch.cat([sc.gate_proj.weight, sc.up_proj.weight])
+        self.sc_down = sc.down_proj.weight
+        self.lm_head = model.lm_head.weight
+        self.softcap = float(model.final_logit_softcapping)
+
+    @torch.inference_mode()
+    def __call__(self, cache: DynamicCache, canvas: torch.Tensor, self_conditioning: torch.Tensor | None,
+                 positions: torch.Tensor) -> torch.Tensor:
+        """Raw logits [1, L, V] for `canvas` [1, L] at `positions` [1, L]."""
+        cached = list(dynamic_layers(cache))
+
+        def attend(index: int, layer: _Layer, query: torch.Tensor, key: torch.Tensor,
+                   value: torch.Tensor) -> torch.Tensor:
+            held = cached[index]
+            if held.keys is not None and held.values is not None:
+                key, value = torch.cat([held.keys, key], dim=-2), torch.cat([held.values, value], dim=-2)
+            return F.scaled_dot_product_attention(query, key, value, scale=1.0,
+                                                  enable_gqa=layer.heads != layer.kv_heads)
+
+        hidden = self._run(self._inputs(canvas, self_conditioning), positions, attend)
+        logits = F.linear(hidden, self.lm_head).float()
+        return torch.tanh(logits / self.softcap) * self.softcap
+
+    def _inputs(self, canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
+        embeds = F.embedding(canvas, self.embed) * self.embed_scale
+        if self_conditioning is None:  # a zero signal: the gated MLP of zeros adds zeros
+            return self._norm(embeds, None)
+        soft = torch.softmax(self_conditioning, dim=-1, dtype=torch.float32).to(self.embed.dtype) @ self.embed
+        normed = self._norm(soft * self.embed_scale, self.sc_pre)
+        gate, up = F.linear(normed, self.sc_gate_up).chunk(2, dim=-1)
+        return self._norm(embeds + F.linear(F.gelu(gate, approximate="tanh") * up, self.sc_down), None)
+
+
+class LeanEncoder(_LeanStack):
+    """One causal encoder pass over a few tokens after what the cache holds, appending their K/V to it."""
+
+    def __init__(self, model: DiffusionGemmaForBlockDiffusion):
+        super().__init__(model, model.model.encoder.language_model)
+
+    @torch.inference_mode()
+    def __call__(self, cache: DynamicCache, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Hidden states [1, T, H] (after the final norm) for `token_ids` [1, T] at `positions` [1, T]."""
+        length = token_ids.shape[1]
+        first = int(positions[0, 0])
+
+        def attend(index: int, layer: _Layer, query: torch.Tensor, key: torch.Tensor,
+                   value: torch.Tensor) -> torch.Tensor:
+            key, value = cache.update(key, value, index)
+            mask = None
+            if length > 1:  # one token sees all its layer holds; more see only what is before them (and in window)
+                seen = torch.arange(first + length - key.shape[-2], first + length, device=key.device)[None]
+                at = positions[0, :, None]
+                mask = seen <= at
+                if layer.layer_type == "sliding_attention" and self.window:
+                    mask &= at - seen < self.window
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=1.0,
+                                                  enable_gqa=layer.heads != layer.kv_heads)
+
+        return self._run(F.embedding(token_ids, self.embed) * self.embed_scale, positions, attend)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

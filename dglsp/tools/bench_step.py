@@ -127,7 +127,7 @@ def measure(engine: Engine, prompt_tokens: int, canvas: int, sampling: Sampling)
         def one_token() -> None:
             work, _ = engine.prepare_prompt(ids, _stats(), cache_key="bench")
             assert work is not None
-            engine.lm_logits(engine.encode(work, token)[:, -1])
+            engine.lm_logits(engine.encode(work, token, exact)[:, -1])
 
         wall, phases, products = profile_pass(one_token, REPEATS)
         rows.append(row("encoder one-token pass", wall, phases, 0.0, floor_ms(products, dtype)))
