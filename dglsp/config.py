@@ -238,9 +238,10 @@ class LatencySettings:
     # torch.compile the decoder step (read at start-up): "auto" on CUDA only; "on" on the CPU too, where inductor's
     # fused kernels make a step ~1.2-1.6x faster but compiling costs 80-130 s at the first request's shapes.
     compile_decoder: Literal["auto", "on", "off"] = "auto"
-    # Where the decoder step is not compiled, on the CPU: the lean step (one fused op where transformers runs a
-    # dozen; logits equal to rounding) for the models it covers; off: transformers' forward. Read at start-up.
-    lean_decoder: bool = True
+    # On the CPU, where the decoder step is not compiled: the decoder's steps and the encoder's short passes after
+    # the prompt run lean (a fused op where transformers runs a dozen; results equal to rounding) for the models
+    # they cover; off: transformers' forward. The reference sampling path always runs transformers'. At start-up.
+    lean_passes: bool = True
 
     def validate(self) -> None:
         _require(0 <= self.prefix_cache_documents <= 1024, "prefix_cache_documents must be in 0..1024")

@@ -107,4 +107,11 @@ def test_step_benchmark_splits_each_pass_by_phase_against_its_floor(tiny_model_d
     for row in result["rows"]:
         assert row["ms"] > 0 and row["matmul_ms"] > 0 and row["floor_ms"] > 0
         assert row["ratio"] == pytest.approx(row["ms"] / row["floor_ms"], rel=0.05)
-    assert result["rows"][0]["sampling_ms"] > 0 and result["sampling"] == "fast"
+    assert result["rows"][0]["sampling_ms"] > 0 and result["sampling"] == "fast" and result["lean_passes"]
+
+
+def test_the_step_benchmark_times_transformers_passes_when_the_lean_ones_are_off(tiny_model_dir, capsys):
+    assert main(["bench", "step", "--model", str(tiny_model_dir), "--threads", "1", "--prefill-tokens", "64",
+                 "--canvas-lengths", "8", "--json", "--settings", '{"latency": {"lean_passes": false}}']) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["lean_passes"] is False and result["rows"][0]["ms"] > 0

@@ -18,7 +18,7 @@ from dglsp.tools import modelzoo
 
 def _engine(path: str | None, dtype: str = "float32", lean: bool = True) -> Engine:
     bundle, engine = load_engine(EngineSettings(model=path, device="cpu", dtype=dtype))
-    return Engine(engine.model, bundle, LatencySettings(lean_decoder=lean))
+    return Engine(engine.model, bundle, LatencySettings(lean_passes=lean))
 
 
 def _logits(engine: Engine, prompt: int, self_conditioned: bool, exact: bool, seed: int = 0) -> torch.Tensor:

@@ -74,12 +74,12 @@ class Engine:
         self._decoder_step: Callable[..., Any] = model
         if latency.compile_decoder == "on" or (latency.compile_decoder == "auto" and self.device.type == "cuda"):
             self._decoder_step = torch.compile(model, dynamic=True)
-        elif latency.lean_decoder and self.device.type == "cpu":
+        elif latency.lean_passes and self.device.type == "cpu":
             unsupported = supports(model)
             if unsupported is None:
                 self._lean, self._lean_encoder = LeanDecoder(model), LeanEncoder(model)
             else:
-                log.info("transformers' decoder step: the lean one does not cover this model (%s)", unsupported)
+                log.info("transformers' passes: the lean ones do not cover this model (%s)", unsupported)
 
     # -- settings ------------------------------------------------------------------------------
     def schedule(self, settings: SamplerSettings) -> Schedule:

@@ -25,7 +25,7 @@ from dataclasses import replace
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from dglsp.config import EngineSettings, SamplerSettings
+from dglsp.config import EngineSettings, LatencySettings, SamplerSettings, Settings
 from dglsp.model.diffusion import SAMPLERS, entropy_bounded_accept
 from dglsp.model.engine import Engine
 from dglsp.model.loading import load_engine
@@ -145,7 +145,7 @@ def _stats():
 
 def render(result: dict) -> str:
     lines = [f"# dglsp bench step: {result['model']} ({result['dtype']}, {result['threads']} threads, sampling "
-             f"{result['sampling']}, load average {result['load_average']})", "",
+             f"{result['sampling']}, lean passes {result['lean_passes']}, load average {result['load_average']})", "",
              "| pass | ms | matmul | attention | sampling | rest | floor | ratio |",
              "|---|---|---|---|---|---|---|---|"]
     for item in result["rows"]:
@@ -156,11 +156,13 @@ def render(result: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """`dglsp bench step` (options: `dglsp.tools.options.add_bench_arguments`)."""
-    bundle, engine = load_engine(EngineSettings(model=args.model, device="cpu", threads=args.threads))
+    latency = LatencySettings(**json.loads(args.settings or "{}").get("latency", {}))  # e.g. lean_passes off
+    bundle, engine = load_engine(Settings(engine=EngineSettings(model=args.model, device="cpu", threads=args.threads),
+                                          latency=latency))
     sampling = args.sampling or engine.sampling
     rows = measure(engine, args.prefill_tokens, int(args.canvas_lengths.split(",")[0]), sampling)
     result = {"model": bundle.path.name, "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."),
-              "threads": torch.get_num_threads(), "sampling": sampling,
+              "threads": torch.get_num_threads(), "sampling": sampling, "lean_passes": latency.lean_passes,
               "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows}
     print(json.dumps(result, indent=2) if args.json else render(result))
     return 0

@@ -316,7 +316,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     typing.add_argument("--client", choices=("vscode", "neovim"), default="vscode")
     typing.add_argument("--baseline", action="store_true",
                         help="turn prefix KV cache, typing-through and speculation off (the 'before' numbers)")
-    typing.add_argument("--settings", help="extra server settings as JSON, in the editor's shape (also edit)")
+    typing.add_argument("--settings", help="extra server settings as JSON, in the editor's shape (also edit; "
+                        "step reads its latency section)")
     typing.add_argument("--tokens", type=int, default=48, help="completion length for the side-by-side (default 48)")
     typing.add_argument("--completions", type=int, default=6, help="completions in the side-by-side (default 6)")
     typing.add_argument("--no-side-by-side", action="store_true")
