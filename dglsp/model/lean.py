@@ -10,11 +10,13 @@ routing tokens to them one expert at a time). The decoder reads the encoder's ca
 without a mask (transformers builds none for an unpadded `DynamicCache`); the encoder appends to the cache
 through its public `update` and attends causally, within the sliding window on sliding layers.
 
-The weights are transformers' own tensors; the math follows `DiffusionGemmaDecoderModel`,
-`DiffusionGemmaEncoderTextModel` and `DiffusionGemmaForBlockDiffusion.forward` with the same dtypes, so the
-results agree with transformers' to rounding (the tests compare them). `supports(model)` says which models it
-covers. The engine uses them on the CPU off the reference path (`sampling: "reference"` keeps transformers'
-forward, bit-exact with `generate()`), and never for the prompt's prefill, whose cache every path shares.
+The weights are transformers' own tensors, except the q/k/v and gate/up pairs, concatenated once (copies: ~7 MB per
+pass for the embedded model), and the norms' scales, kept in float32. The math follows
+`DiffusionGemmaDecoderModel`, `DiffusionGemmaEncoderTextModel` and `DiffusionGemmaForBlockDiffusion.forward` with
+the same dtypes, so the results agree with transformers' to rounding (the tests compare them). `supports(model)`
+says which models it covers. The engine uses them on the CPU off the reference path (`sampling: "reference"` keeps
+transformers' forward, bit-exact with `generate()`), and never for the prompt's prefill, whose cache every path
+shares.
 """
 
 from __future__ import annotations
