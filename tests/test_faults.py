@@ -9,6 +9,7 @@ or a SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
@@ -111,28 +112,31 @@ def completer(tiny_model_dir) -> Completer:
     return Completer(*load_engine(EngineSettings(model=str(tiny_model_dir), warmup=False)))
 
 
-def oom_hook(canvases: list[int], fail_at_or_above: int):
-    """Raise CUDA's out-of-memory error from the decoder forward when the canvas is this long or longer."""
+@contextlib.contextmanager
+def out_of_memory_in_the_decoder(engine, canvases: list[int], fail_at_or_above: int):
+    """Raise CUDA's out-of-memory error from every decoder step (transformers' or the lean one) over a canvas this
+    long or longer; record each step's canvas length."""
+    step = engine.decoder_logits
 
-    def hook(module, args, kwargs):
-        canvas = kwargs.get("decoder_input_ids")
-        if canvas is not None:
-            canvases.append(canvas.shape[1])
-            if canvas.shape[1] >= fail_at_or_above:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+    def failing(cache, canvas, *args, **kwargs):
+        canvases.append(canvas.shape[1])
+        if canvas.shape[1] >= fail_at_or_above:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return step(cache, canvas, *args, **kwargs)
 
-    return hook
+    engine.decoder_logits = failing
+    try:
+        yield
+    finally:
+        del engine.decoder_logits  # the class's method again
 
 
 def test_out_of_memory_retries_with_a_smaller_canvas(completer):
     settings = Settings(sampler=SamplerSettings(canvas_length=16, max_steps=2, seed=0))
     context = completer.context_at(SOURCE, SOURCE.index("return ") + 7, settings)
     canvases: list[int] = []
-    handle = completer.backend.model.register_forward_pre_hook(oom_hook(canvases, 16), with_kwargs=True)
-    try:
+    with out_of_memory_in_the_decoder(completer.backend, canvases, 16):
         suggestion = completer.complete(context, settings)
-    finally:
-        handle.remove()
     assert canvases[0] == 16 and set(canvases[1:]) == {8}, canvases
     assert suggestion.stats.steps >= 1 and not suggestion.stats.stopped
 
@@ -144,13 +148,9 @@ def test_out_of_memory_at_every_size_is_reported_and_the_worker_lives_on(complet
     canvases: list[int] = []
 
     async def run() -> None:
-        handle = completer.backend.model.register_forward_pre_hook(oom_hook(canvases, 1), with_kwargs=True)
-        try:
-            with pytest.raises(DeviceOutOfMemoryError, match="out of memory.*canvas_length"):
-                await scheduler.submit(JobKey("doc"), 1,
-                                       lambda job: completer.complete(context, settings, job.should_stop))
-        finally:
-            handle.remove()
+        with out_of_memory_in_the_decoder(completer.backend, canvases, 1), \
+                pytest.raises(DeviceOutOfMemoryError, match="out of memory.*canvas_length"):
+            await scheduler.submit(JobKey("doc"), 1, lambda job: completer.complete(context, settings, job.should_stop))
         worker = scheduler._executor.thread
         suggestion = await scheduler.submit(JobKey("doc"), 2, lambda job: completer.complete(context, settings))
         assert suggestion.stats.steps >= 1
