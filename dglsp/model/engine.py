@@ -215,7 +215,7 @@ class Engine:
                               eos_ids=self.eos_ids, pad_id=self.pad_id, seed_tokens=seed_tokens)
 
     def decoder_logits(self, cache: DynamicCache, canvas: torch.Tensor,
-                       self_conditioning: torch.Tensor | None = None, exact: bool = False) -> torch.Tensor:
+                       self_conditioning: torch.Tensor | None = None, exact: bool = True) -> torch.Tensor:
         """One bidirectional decoder forward over `canvas` [1, L] at the positions after what `cache` holds: raw
         logits [1, L, V]. The cache is read, never written. `exact` runs transformers' own forward (bit-exact with
         `generate()`); otherwise the lean step where the engine has one (equal to rounding)."""

@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from dataclasses import replace
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from dglsp.config import EngineSettings, LatencySettings, SamplerSettings, Settings
+from dglsp.config import EngineSettings, SamplerSettings, Settings
 from dglsp.model.diffusion import SAMPLERS, entropy_bounded_accept
 from dglsp.model.engine import Engine
 from dglsp.model.loading import load_engine
@@ -156,7 +157,10 @@ def render(result: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """`dglsp bench step` (options: `dglsp.tools.options.add_bench_arguments`)."""
-    latency = LatencySettings(**json.loads(args.settings or "{}").get("latency", {}))  # e.g. lean_passes off
+    settings, warnings = Settings().updated(json.loads(args.settings or "{}"))  # its latency: e.g. lean_passes off
+    for warning in warnings:
+        print(f"# {warning}", file=sys.stderr)
+    latency = settings.latency
     bundle, engine = load_engine(Settings(engine=EngineSettings(model=args.model, device="cpu", threads=args.threads),
                                           latency=latency))
     sampling = args.sampling or engine.sampling
