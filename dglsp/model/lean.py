@@ -223,7 +223,7 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def _layer(layer: Any) -> _Layer:  # a DiffusionGemmaDecoderTextLayer (its attributes are untyped Modules)
+def _layer(layer: Any) -> _Layer:  # a decoder or encoder text layer (its attributes are untyped Modules)
     attention = layer.self_attn
     projections = [attention.q_proj.weight, attention.k_proj.weight]
     if attention.v_proj is not None:
