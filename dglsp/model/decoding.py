@@ -70,11 +70,6 @@ class Run:
 
         return report
 
-    @property
-    def exact(self) -> bool:
-        """transformers' own passes, bit-exact with `generate()` (the reference path), not the engine's lean ones."""
-        return self.schedule.sampling == "reference"
-
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
@@ -111,7 +106,7 @@ class Diffusion:
 
     def round(self, run: Run) -> bool:
         if run.unencoded:  # commit the previous canvas into the cache before denoising the next
-            run.engine.encode(run.cache, run.unencoded, run.exact)
+            run.engine.encode(run.cache, run.unencoded, run.schedule.exact)
             run.stats.encoder_passes += 1
             run.unencoded = []
         if run.seed_source is not None:  # the part of the text this canvas rewrites, aligned by the output so far
@@ -140,7 +135,7 @@ def _encoder_scores(run: Run, block: list[int]) -> list[float]:
     """One encoder pass over a committed block: its K/V join the cache (the next canvas needs them), and the
     encoder's log-probability of each block token given all before it is returned."""
     assert run.last_hidden is not None, "scoring with the encoder needs the prompt's last hidden state"
-    hidden = run.engine.encode(run.cache, block, run.exact)  # [1, B, H]
+    hidden = run.engine.encode(run.cache, block, run.schedule.exact)  # [1, B, H]
     run.stats.encoder_passes += 1
     states = torch.cat([run.last_hidden.reshape(1, -1), hidden[0, :-1]], dim=0)  # position i predicts token i
     log_probs = torch.log_softmax(run.engine.lm_logits(states), dim=-1)
@@ -187,7 +182,7 @@ class Verified:
                 return False
             draft = [run.pending, *canvas.tokens[0, 1:].tolist()]
         mix = run.schedule.verify_mix if self.speculative else 0.0
-        verdict = run.engine.verify(run.cache, draft, canvas.last_logits if canvas else None, mix, run.exact)
+        verdict = run.engine.verify(run.cache, draft, canvas.last_logits if canvas else None, mix, run.schedule.exact)
         run.stats.encoder_passes += 1
         if self.draft_steps:
             run.stats.verifications += 1

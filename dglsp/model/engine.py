@@ -205,10 +205,9 @@ class Engine:
                 deadline: float | None, fixed: list[int] | None = None,
                 seed_tokens: list[int] | None = None) -> CanvasResult:
         """One canvas denoised after what `cache` holds."""
-        exact = schedule.sampling == "reference"
 
         def forward(canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
-            return self.decoder_logits(cache, canvas, self_conditioning, exact=exact)
+            return self.decoder_logits(cache, canvas, self_conditioning, exact=schedule.exact)
 
         return denoise_canvas(forward, schedule, self.vocab_size, self.device, generator=generator,
                               should_stop=should_stop, on_step=on_step, deadline=deadline, fixed=fixed,

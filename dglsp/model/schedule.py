@@ -122,6 +122,12 @@ class Schedule:
         assert self.decoding in DECODINGS, f"unknown decoding {self.decoding!r}"
         assert self.policy in POLICIES, f"unknown sampler policy {self.policy!r}"
 
+    @property
+    def exact(self) -> bool:
+        """Run transformers' own passes, bit-exact with `generate()` (the reference path), not the engine's lean
+        ones."""
+        return self.sampling == "reference"
+
     def with_canvas(self, length: int) -> Schedule:
         return replace(self, canvas_length=length)
 

@@ -117,7 +117,7 @@ def measure(engine: Engine, prompt_tokens: int, canvas: int, sampling: Sampling)
         cache, _ = engine.prepare_prompt(ids, _stats(), cache_key="bench")
         assert cache is not None
         canvas_ids = torch.randint(0, engine.vocab_size, (1, canvas))
-        exact = sampling == "reference"  # the reference path runs transformers' forward, as serving then does
+        exact = schedule.exact  # the passes serving runs with this sampling
         step = lambda: engine.decoder_logits(cache, canvas_ids, exact=exact)  # noqa: E731
         wall, phases, products = profile_pass(step, REPEATS)
         sampled = sampling_ms(engine, canvas, sampling)
@@ -160,13 +160,12 @@ def run(args: argparse.Namespace) -> int:
     settings, warnings = Settings().updated(json.loads(args.settings or "{}"))  # its latency: e.g. lean_passes off
     for warning in warnings:
         print(f"# {warning}", file=sys.stderr)
-    latency = settings.latency
-    bundle, engine = load_engine(Settings(engine=EngineSettings(model=args.model, device="cpu", threads=args.threads),
-                                          latency=latency))
+    settings = replace(settings, engine=EngineSettings(model=args.model, device="cpu", threads=args.threads))
+    bundle, engine = load_engine(settings)
     sampling = args.sampling or engine.sampling
     rows = measure(engine, args.prefill_tokens, int(args.canvas_lengths.split(",")[0]), sampling)
     result = {"model": bundle.path.name, "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."),
-              "threads": torch.get_num_threads(), "sampling": sampling, "lean_passes": latency.lean_passes,
+              "threads": torch.get_num_threads(), "sampling": sampling, "lean_passes": settings.latency.lean_passes,
               "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows}
     print(json.dumps(result, indent=2) if args.json else render(result))
     return 0
