@@ -71,7 +71,7 @@ def test_the_engine_runs_transformers_forward_on_the_reference_path_and_when_tol
     assert isinstance(lean, LeanDecoder)
     engine._lean = lambda *args: calls.append(args) or lean(*args)  # type: ignore[assignment]
     for sampling in ("reference", "fast"):
-        schedule = engine.schedule(SamplerSettings(max_steps=2, seed=0, sampling=sampling))
+        schedule = engine.schedule(SamplerSettings(decoding="diffusion", max_steps=2, seed=0, sampling=sampling))
         engine.generate([2, 5, 7], schedule)
         assert len(calls) == (0 if sampling == "reference" else 2)
     assert _engine(None, lean=False)._lean is None

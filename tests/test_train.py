@@ -167,8 +167,9 @@ def test_train_resumes_from_its_checkpoint_and_exports_a_loadable_model(tiny_wor
     assert meta["training"]["steps"] == 3
     # The diffusion schedule it serves with is the run's --serve-* choice.
     assert (meta["sampler"]["t_max"], meta["sampler"]["t_min"], meta["sampler"]["entropy_bound"]) == (0.3, 0.1, 2.0)
-    generation = engine.generate([bundle.tokenizer.bos_token_id], engine.schedule(SamplerSettings(canvas_length=16,
-                                                                                                  seed=0)))
+    assert meta["sampler"]["decoding"] == "autoregressive"  # the default: the decoding that passes most
+    diffusion = SamplerSettings(decoding="diffusion", canvas_length=16, seed=0)
+    generation = engine.generate([bundle.tokenizer.bos_token_id], engine.schedule(diffusion))
     assert generation.stats.steps > 0
 
 
@@ -218,7 +219,7 @@ def test_the_shipped_model_loads_through_the_serving_code():
     prompt = encode_fim(bundle.tokenizer, FMT, CursorContext("def add(a, b):\n", "\n", path="x.py"))
     generation = engine.generate(prompt, engine.schedule(SamplerSettings(canvas_length=engine.defaults.canvas_length,
                                                                          seed=0)))
-    assert generation.stats.steps > 0
+    assert generation.token_ids and generation.stats.decoding_passes > 0
 
 
 @pytest.mark.slow
@@ -367,3 +368,17 @@ def test_a_stretch_reports_the_held_out_loss_of_its_own_weights_even_when_worse_
     assert "held_out_loss" not in state.stretches[-1]  # nothing exported yet: no loss to claim
     checkpoints._update_stretch(state, 3.93)  # what export_and_ship records after an export
     assert state.stretches[-1]["held_out_loss"] == 3.93 and state.best_held_out == 3.86
+
+
+def test_train_only_optimizes_the_named_parameters_and_freezes_the_rest(tiny_tokenizer):
+    model = modelzoo.build_model(modelzoo.PRESETS["tiny"], len(tiny_tokenizer), seed=0)
+    optimizer = schedule.make_optimizer(model, TrainConfig(train_only="model.decoder."))
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in optimized}
+    assert names and all(name.startswith("model.decoder.self_conditioning.") for name in names)
+    assert all(p.requires_grad == (name in names) for name, p in model.named_parameters())
+    everything = schedule.make_optimizer(model, TrainConfig())
+    assert sum(len(group["params"]) for group in everything.param_groups) == len(list(model.parameters()))
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="names no parameter"):
+        schedule.make_optimizer(model, TrainConfig(train_only="no.such."))

@@ -82,10 +82,15 @@ class GenerationStats:
         return self.forward_passes - self.prefill_passes
 
     def summary(self) -> str:
+        # Token-by-token decoding runs no decoder step: its passes are the encoder's, one per token.
+        encoder = self.encoder_passes - self.prefill_passes
+        passes = f"{self.steps} steps" + (f" + {encoder} encoder passes" if encoder else "")
+        # The time after the prompt's prefill, per pass: the decoder's steps and the encoder's passes alike.
+        per_pass = (self.total_ms - self.prefill_ms) / self.decoding_passes if self.decoding_passes else 0.0
         return (
             f"prefill {self.prefill_tokens} tok{f' ({self.cached_tokens} cached)' if self.cached_tokens else ''} "
-            f"{self.prefill_ms:.0f} ms, {self.steps} steps "
-            f"({self.ms_per_step:.1f} ms/step, {self.tokens_per_forward:.2f} tok/forward), "
+            f"{self.prefill_ms:.0f} ms, {passes} "
+            f"({per_pass:.1f} ms/pass, {self.tokens_per_forward:.2f} tok/forward), "
             f"{f'{self.canvases} canvases, ' if self.canvases > 1 else ''}"
             f"{f'{self.accepted_per_verification:.1f} tok/verification, ' if self.verifications else ''}"
             f"total {self.total_ms:.0f} ms{' [stopped]' if self.stopped else ''}"

@@ -33,13 +33,25 @@ def resume_path(work_dir: Path, cfg: TrainConfig, saved_cooldown_start: int) -> 
     return work_dir / "checkpoint.pt"
 
 
+def trainable(model: torch.nn.Module, cfg: TrainConfig) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters this run trains (`train_only`); the others are frozen, so no gradient is computed for them."""
+    prefixes = tuple(p.strip() for p in cfg.train_only.split(",") if p.strip())
+    named = list(model.named_parameters())
+    for name, parameter in named:
+        parameter.requires_grad_(not prefixes or name.startswith(prefixes))
+    chosen = [(name, p) for name, p in named if p.requires_grad]
+    if not chosen:
+        raise ValueError(f"--train-only {cfg.train_only!r} names no parameter of the model")
+    return chosen
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW, or Muon for the hidden weight matrices with AdamW for the rest (embeddings, norms, biases)."""
+    named = trainable(model, cfg)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+        return torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay,
                                  betas=(0.9, cfg.adam_beta2))
     # The embedding (tied to the LM head) is a lookup table, not a transform: it stays with AdamW.
-    named = list(model.named_parameters())
     matrices = [p for name, p in named if p.ndim == 2 and "embed" not in name and "lm_head" not in name]
     others = [p for name, p in named if not (p.ndim == 2 and "embed" not in name and "lm_head" not in name)]
     return _Combined([
