@@ -183,6 +183,8 @@ class NextEditSettings:
     snippet_tokens: int = 512  # the prompt's budget for the edits and the region's current text
     # The rewrite's canvas starts from the region's current text instead of noise (most of a region stays).
     seed_canvas: bool = True
+    # The rewrite is a canvas whatever ghost text uses: token by token, a 21-line region takes ~200 passes.
+    decoding: Decoding = "diffusion"
     policy: Policy = "prefix"  # a copied run is committed in one pass, left to right
     max_steps: int = 48  # per canvas: the prefix policy commits at least one position a step
     # Hide an edit whose changed tokens the model found less probable than this; None = the model's own.

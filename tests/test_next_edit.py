@@ -277,3 +277,15 @@ def test_the_substitution_predictor_repeats_the_last_edit_without_a_model(bundle
     done = proposal.edit.apply(text).replace("area(", "surface(")  # every use renamed already
     finished = editor.propose(done, 0, history.edits(URI), [], settings)
     assert finished.edit is None and finished.hidden.detail == "no 'area' left to change"
+
+
+def test_the_rewrite_is_a_canvas_even_where_ghost_text_decodes_token_by_token():
+    from dglsp.model.loading import load_engine
+
+    bundle, engine = load_engine(EngineSettings(device="cpu"))  # the embedded model: token by token by default
+    assert engine.defaults.decoding == "autoregressive"
+    text, history = history_after(SOURCE, "area(w, h)", "surface(w, h)")
+    settings, _ = Settings().updated({"next_edit": {"radius": 0, "predictor": "model"}, "sampler": {"seed": 0}})
+    proposal = NextEditor(Completer(bundle, engine)).propose(text, text.index("surface") + 7, history.edits(URI), [],
+                                                             settings)
+    assert proposal.stats is not None and proposal.stats.steps > 0  # denoising steps: a canvas

@@ -239,8 +239,9 @@ class NextEditor:
         current_ids = completer.tokenizer.encode(current, add_special_tokens=False)
         options = settings.next_edit
         canvas = completer.backend.defaults.canvas_length
-        sampler = replace(settings.sampler, canvas_length=canvas, policy=options.policy, eos_freeze=True,
-                          max_steps=options.max_steps, max_canvases=max(1, -(-(len(current_ids) + 1) // canvas)))
+        sampler = replace(settings.sampler, decoding=options.decoding, canvas_length=canvas, policy=options.policy,
+                          eos_freeze=True, max_steps=options.max_steps,
+                          max_canvases=max(1, -(-(len(current_ids) + 1) // canvas)))
         schedule = completer.backend.schedule(sampler)
         generation = completer.backend.generate(prompt.ids, schedule, should_stop, cache_key=cache_key,
                                                 seed_ids=current_ids if options.seed_canvas else None)

@@ -45,6 +45,7 @@ def write_model_card(model_dir: Path) -> None:
         " (middle and EOS 1, padding down-weighted), two-pass self-conditioning (p = 0.5), and the encoder's"
         " next-token loss on the whole prompt and the clean middle.",
         f"- Command: `{training.get('command')}`",
+        f"- Serving default (`dglsp.json`): {_serving_default(meta)}.",
         "",
         "### Training log",
         "",
@@ -127,6 +128,13 @@ def _schedule(config: dict) -> str:
     floor = peak * config.get("min_lr_ratio", TrainConfig.min_lr_ratio)
     start = cooldown_start(TrainConfig(max_steps=steps, cooldown_steps=cooldown))
     return words + f" until step {start}, then linearly down to {floor:g} at step {steps}"
+
+
+def _serving_default(meta: dict) -> str:
+    """The decoding ghost text and drafts use unless told, and the confidence gate's threshold."""
+    decoding = meta.get("sampler", {}).get("decoding", "diffusion")
+    gate = meta.get("postprocess", {}).get("min_confidence")
+    return f"`{decoding}` decoding" + (f", confidence gate {gate}" if gate else ", no confidence gate")
 
 
 def _tokens_per_second(training: dict) -> float:
