@@ -174,8 +174,9 @@ class NextEditSettings:
     belongs, from the document's recent edits."""
 
     enabled: bool = True
-    # model: the model rewrites the region; substitution: the last edit's substitution at its next occurrence
-    # (a find-and-replace that follows the user: no model run, deterministic; the editors' tests use it).
+    # model: the model rewrites the region; substitution: the last edit's substitution at its next occurrence (a
+    # find-and-replace that follows the user), or the argument it added to a call at the next call lacking it (no
+    # model run, deterministic; the editors' tests use it).
     # None: the model's own (its dglsp.json; a model not trained on edits recommends the substitution).
     predictor: EditPredictor | None = None
     radius: int = 3  # the cursor's region: its line and this many lines either side

@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from keyword import iskeyword
 
 from dglsp.completion.confidence import confidence, shown_token_count
 from dglsp.completion.edits import Edit, HistoryEdit
@@ -79,8 +80,8 @@ def line_region(text: str, offset: int, radius: int, why: str = "cursor") -> Reg
 
 
 def substitution_of(edit: HistoryEdit) -> Substitution | None:
-    """The last edit as a single token-level replacement (`foo` -> `bar`, `f(a)` -> `f(a, b)`), or None when it
-    changed several places or nothing that can repeat."""
+    """The last edit as a single token-level replacement (`foo` -> `bar`), or None when it changed several places
+    or nothing that can repeat."""
     old = WORD.findall("\n".join(edit.old_lines))
     new = WORD.findall("\n".join(edit.new_lines))
     changes = [op for op in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes() if op[0] != "equal"]
@@ -141,12 +142,97 @@ def repeat_substitution(text: str, cursor: int, history: list[HistoryEdit]) -> E
     return None if at is None else Edit(at, at + len(substitution.old), substitution.new)
 
 
+@dataclass(frozen=True)
+class CallChange:
+    """An argument the last edit added to a call (`f(a)` -> `f(a, b)`): `text` went in at the start or the end of
+    the argument list of a call to `name` (`empty`: the call had no arguments before)."""
+
+    name: str
+    text: str
+    at_end: bool
+    empty: bool
+
+
+def call_change_of(edit: HistoryEdit) -> CallChange | None:
+    """The last edit as text inserted at one end of a call's arguments, or None. A definition's new parameter is
+    not one: the value its callers pass cannot be read from it."""
+    old_text, new_text = "\n".join(edit.old_lines), "\n".join(edit.new_lines)
+    old, new = list(WORD.finditer(old_text)), list(WORD.finditer(new_text))
+    tokens = [m.group() for m in old]
+    matcher = difflib.SequenceMatcher(None, tokens, [m.group() for m in new], autojunk=False)
+    changes = [op for op in matcher.get_opcodes() if op[0] != "equal"]
+    if len(changes) != 1 or changes[0][0] != "insert" or (tokens and tokens[0] in ("def", "async", "class")):
+        return None
+    _, at, _, j1, j2 = changes[0]
+    opening = _opening_parenthesis(tokens, at)
+    if opening is None or opening == 0 or not tokens[opening - 1].isidentifier() or iskeyword(tokens[opening - 1]):
+        return None
+    empty = opening + 1 < len(tokens) and tokens[opening + 1] == ")"
+    if at < len(tokens) and tokens[at] == ")":  # before the closing parenthesis: from the previous token's end
+        return CallChange(tokens[opening - 1], new_text[new[j1 - 1].end():new[j2 - 1].end()], True, empty)
+    if at == opening + 1 and j2 < len(new):  # after the opening one: up to the next token's start
+        return CallChange(tokens[opening - 1], new_text[new[j1].start():new[j2].start()], False, empty)
+    return None
+
+
+def _opening_parenthesis(tokens: list[str], at: int) -> int | None:
+    """The index of the parenthesis that opens the innermost group holding position `at`, if any."""
+    depth = 0
+    for k in range(at - 1, -1, -1):
+        if tokens[k] == ")":
+            depth += 1
+        elif tokens[k] == "(":
+            if depth == 0:
+                return k
+            depth -= 1
+    return None
+
+
+def repeat_call_change(text: str, cursor: int, history: list[HistoryEdit]) -> Edit | None:
+    """The last edit's new argument added to the next call of the same function that lacks it (searching from the
+    cursor, then from the top): one call changed, its siblings follow."""
+    change = call_change_of(history[-1]) if history else None
+    if change is None:
+        return None
+    call = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(change.name)}\s*\(")
+    for found in (*call.finditer(text, cursor), *call.finditer(text, 0, cursor)):
+        if re.search(r"\bdef\s+$", text[max(0, found.start() - 8):found.start()]):
+            continue  # the definition, not a call
+        opening = found.end() - 1
+        closing = _closing_parenthesis(text, opening)
+        if closing is None or (closing == opening + 1) != change.empty:
+            continue
+        arguments = text[opening + 1:closing]
+        if change.text.strip(" ,") in arguments:
+            continue  # this call has it already
+        at = closing if change.at_end else opening + 1
+        return Edit(at, at, change.text)
+    return None
+
+
+def _closing_parenthesis(text: str, opening: int) -> int | None:
+    """The offset of the parenthesis that closes the one at `opening` (parentheses in strings are not told apart)."""
+    depth = 0
+    for k in range(opening + 1, min(len(text), opening + 2000)):
+        if text[k] == "(":
+            depth += 1
+        elif text[k] == ")":
+            if depth == 0:
+                return k
+            depth -= 1
+    return None
+
+
 def _why_no_repeat(history: list[HistoryEdit]) -> str:
-    """Why `repeat_substitution` found nothing (it already looked for the next occurrence)."""
-    substitution = substitution_of(history[-1]) if history else None
-    if substitution is None:
-        return "the last edit is not one substitution" if history else "no edit yet to repeat"
-    return f"no {substitution.old!r} left to change"
+    """Why neither the last edit's substitution nor its new argument repeats (both already looked)."""
+    if not history:
+        return "no edit yet to repeat"
+    substitution, change = substitution_of(history[-1]), call_change_of(history[-1])
+    if change is not None:
+        return f"no other call to {change.name} without {change.text.strip(' ,')!r}"
+    if substitution is not None:
+        return f"no {substitution.old!r} left to change"
+    return "the last edit is neither one substitution nor a call's new argument"
 
 
 def smallest_edit(old: str, new: str, base: int) -> Edit | None:
@@ -203,7 +289,7 @@ class NextEditor:
         raw, confidence = "", None
         region = None
         if self.predictor(settings) == "substitution":
-            edit = repeat_substitution(text, cursor, history)
+            edit = repeat_substitution(text, cursor, history) or repeat_call_change(text, cursor, history)
             hidden = None if edit is not None else NoSuggestion(Reason.NO_EDIT, _why_no_repeat(history))
             return EditProposal(edit, hidden, None, "", stats, None, _ms(begin))
         canvas = self.completer.backend.defaults.canvas_length
