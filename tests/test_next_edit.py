@@ -292,15 +292,16 @@ def test_the_rewrite_is_a_canvas_even_where_ghost_text_decodes_token_by_token():
     assert proposal.stats is not None and proposal.stats.steps > 0  # denoising steps: a canvas
 
 
-CALLS = ("def wrap(frame, depth=0):\n    return frame\n\n\nwrap(top)\nkept = [wrap(f) for f in frames]\nwrap()\n"
+CALLS = ("def wrap(frame, depth=0):\n    return frame\n\n\nwrap(top)\nkept = [wrap(f1) for f1 in frames]\nwrap()\n"
          "wrap(f(x), y)\n")
 
 
 @pytest.mark.parametrize(("old", "new", "next_old", "next_new"), [
-    ("wrap(top)", "wrap(top, 3)", "wrap(f)", "wrap(f, 3)"),  # at the end of the arguments
-    ("wrap(top)", "wrap(ctx, top)", "wrap(f)", "wrap(ctx, f)"),  # at the start
+    ("wrap(top)", "wrap(top, 3)", "wrap(f1)", "wrap(f1, 3)"),  # at the end of the arguments
+    ("wrap(top)", "wrap(ctx, top)", "wrap(f1)", "wrap(ctx, f1)"),  # at the start
     ("wrap()", "wrap(3)", "wrap()", None),  # an empty call's argument goes only to empty calls: there is no other
     ("wrap(f(x), y)", "wrap(f(x), y, 3)", "wrap(top)", "wrap(top, 3)"),  # nested parentheses; from the top
+    ("wrap(top)", "wrap(top, 1)", "wrap(f1)", "wrap(f1, 1)"),  # the 1 in `f1` is not the argument 1
 ])
 def test_a_new_argument_is_carried_to_the_next_call_that_lacks_it(old, new, next_old, next_new):
     text, history = history_after(CALLS, old, new)
@@ -316,6 +317,6 @@ def test_a_new_argument_is_carried_to_the_next_call_that_lacks_it(old, new, next
 def test_a_new_parameter_or_a_call_that_has_the_argument_is_not_repeated():
     text, history = history_after(CALLS, "def wrap(frame, depth=0):", "def wrap(frame, depth=0, strict=False):")
     assert repeat_call_change(text, 0, history.edits(URI)) is None  # callers' values cannot be read from it
-    done = CALLS.replace("wrap(f)", "wrap(f, 3)").replace("wrap(f(x), y)", "wrap(f(x), y, 3)")
+    done = CALLS.replace("wrap(f1)", "wrap(f1, 3)").replace("wrap(f(x), y)", "wrap(f(x), y, 3)")
     text, history = history_after(done, "wrap(top)", "wrap(top, 3)")
     assert repeat_call_change(text, 0, history.edits(URI)) is None  # every other call with arguments has it

@@ -202,8 +202,8 @@ def repeat_call_change(text: str, cursor: int, history: list[HistoryEdit]) -> Ed
         closing = _closing_parenthesis(text, opening)
         if closing is None or (closing == opening + 1) != change.empty:
             continue
-        arguments = text[opening + 1:closing]
-        if change.text.strip(" ,") in arguments:
+        added = re.escape(change.text.strip(" ,"))
+        if re.search(rf"(?<![\w.]){added}(?![\w.])", text[opening + 1:closing]):
             continue  # this call has it already
         at = closing if change.at_end else opening + 1
         return Edit(at, at, change.text)
