@@ -164,7 +164,7 @@ def call_change_of(edit: HistoryEdit) -> CallChange | None:
     if len(changes) != 1 or changes[0][0] != "insert" or (tokens and tokens[0] in ("def", "async", "class")):
         return None
     _, at, _, j1, j2 = changes[0]
-    opening = _opening_parenthesis(tokens, at)
+    opening = _unmatched_parenthesis(tokens, at - 1, -1)
     if opening is None or opening == 0 or not tokens[opening - 1].isidentifier() or iskeyword(tokens[opening - 1]):
         return None
     empty = opening + 1 < len(tokens) and tokens[opening + 1] == ")"
@@ -175,13 +175,15 @@ def call_change_of(edit: HistoryEdit) -> CallChange | None:
     return None
 
 
-def _opening_parenthesis(tokens: list[str], at: int) -> int | None:
-    """The index of the parenthesis that opens the innermost group holding position `at`, if any."""
+def _unmatched_parenthesis(items: str | list[str], start: int, step: int, limit: int = 2000) -> int | None:
+    """The first parenthesis from `start` going `step` (1: right, -1: left) that the ones passed do not balance:
+    the group's closing one going right, its opening one going left (parentheses in strings are not told apart)."""
+    inner, outer = ("(", ")") if step > 0 else (")", "(")
     depth = 0
-    for k in range(at - 1, -1, -1):
-        if tokens[k] == ")":
+    for k in range(start, max(-1, start - limit) if step < 0 else min(len(items), start + limit), step):
+        if items[k] == inner:
             depth += 1
-        elif tokens[k] == "(":
+        elif items[k] == outer:
             if depth == 0:
                 return k
             depth -= 1
@@ -199,7 +201,7 @@ def repeat_call_change(text: str, cursor: int, history: list[HistoryEdit]) -> Ed
         if re.search(r"\bdef\s+$", text[max(0, found.start() - 8):found.start()]):
             continue  # the definition, not a call
         opening = found.end() - 1
-        closing = _closing_parenthesis(text, opening)
+        closing = _unmatched_parenthesis(text, opening + 1, 1)
         if closing is None or (closing == opening + 1) != change.empty:
             continue
         added = re.escape(change.text.strip(" ,"))
@@ -207,19 +209,6 @@ def repeat_call_change(text: str, cursor: int, history: list[HistoryEdit]) -> Ed
             continue  # this call has it already
         at = closing if change.at_end else opening + 1
         return Edit(at, at, change.text)
-    return None
-
-
-def _closing_parenthesis(text: str, opening: int) -> int | None:
-    """The offset of the parenthesis that closes the one at `opening` (parentheses in strings are not told apart)."""
-    depth = 0
-    for k in range(opening + 1, min(len(text), opening + 2000)):
-        if text[k] == "(":
-            depth += 1
-        elif text[k] == ")":
-            if depth == 0:
-                return k
-            depth -= 1
     return None
 
 
