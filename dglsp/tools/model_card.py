@@ -153,7 +153,7 @@ def render_eval_table(evaluation: dict) -> list[str]:
         sampler = evaluation["sampler"]
         lines += ["", f"Diffusion decoding: {sampler['max_steps']} steps at most per {sampler['canvas_length']}-token"
                       f" canvas, entropy bound {sampler['entropy_bound']}, temperature {sampler['t_max']} to"
-                      f" {sampler['t_min']} (the model's serving default, `sampler` in `dglsp.json`)."]
+                      f" {sampler['t_min']} (the model's diffusion schedule, `sampler` in `dglsp.json`)."]
     if evaluation.get("blank_floor") is not None:
         lines += ["", f"Blank-middle floor (single-line, same problems): {evaluation['blank_floor']:.3f}."]
     if evaluation.get("cold_latency"):
