@@ -109,3 +109,13 @@ def test_the_encoder_scores_a_diffusion_canvas_as_token_by_token_decoding_would(
         log_probs = torch.log_softmax(engine.lm_logits(hidden[0, len(prompt) - 1:-1]), dim=-1)
     expected = log_probs[torch.arange(len(scored.token_ids)), torch.tensor(scored.token_ids)].tolist()
     assert scored.token_logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_timing_line_counts_encoder_passes_as_passes():
+    from dglsp.model.backend import GenerationStats
+
+    token_by_token = GenerationStats(prefill_ms=40.0, total_ms=100.0, encoder_passes=4, prefill_passes=1,
+                                     generated_tokens=3).summary()
+    assert "0 steps + 3 encoder passes (20.0 ms/pass" in token_by_token
+    diffusion = GenerationStats(prefill_ms=40.0, total_ms=100.0, steps=4, encoder_passes=1, prefill_passes=1).summary()
+    assert "4 steps (15.0 ms/pass" in diffusion and "encoder passes" not in diffusion
