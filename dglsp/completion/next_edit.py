@@ -79,16 +79,26 @@ def line_region(text: str, offset: int, radius: int, why: str = "cursor") -> Reg
     return Region(start, end, why)
 
 
+def _one_token_change(edit: HistoryEdit) -> tuple[tuple[str, int, int, int, int], list[re.Match[str]],
+                                                    list[re.Match[str]]] | None:
+    """The edit's one changed run of tokens (a `SequenceMatcher` opcode) with both sides' tokens, or None when it
+    changed none or several."""
+    old = list(WORD.finditer("\n".join(edit.old_lines)))
+    new = list(WORD.finditer("\n".join(edit.new_lines)))
+    matcher = difflib.SequenceMatcher(None, [m.group() for m in old], [m.group() for m in new], autojunk=False)
+    changes = [op for op in matcher.get_opcodes() if op[0] != "equal"]
+    return (changes[0], old, new) if len(changes) == 1 else None
+
+
 def substitution_of(edit: HistoryEdit) -> Substitution | None:
     """The last edit as a single token-level replacement (`foo` -> `bar`), or None when it changed several places
     or nothing that can repeat."""
-    old = WORD.findall("\n".join(edit.old_lines))
-    new = WORD.findall("\n".join(edit.new_lines))
-    changes = [op for op in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes() if op[0] != "equal"]
-    if len(changes) != 1:
+    change = _one_token_change(edit)
+    if change is None:
         return None
-    _, i1, i2, j1, j2 = changes[0]
-    before, after = "".join(old[i1:i2]), "".join(new[j1:j2])
+    (_, i1, i2, j1, j2), old, new = change
+    before = "".join(m.group() for m in old[i1:i2])
+    after = "".join(m.group() for m in new[j1:j2])
     if not before or not re.search(r"\w", before):
         return None  # an insertion or a punctuation change has no next occurrence to look for
     return Substitution(before, after)
@@ -156,14 +166,13 @@ class CallChange:
 def call_change_of(edit: HistoryEdit) -> CallChange | None:
     """The last edit as text inserted at one end of a call's arguments, or None. A definition's new parameter is
     not one: the value its callers pass cannot be read from it."""
-    old_text, new_text = "\n".join(edit.old_lines), "\n".join(edit.new_lines)
-    old, new = list(WORD.finditer(old_text)), list(WORD.finditer(new_text))
-    tokens = [m.group() for m in old]
-    matcher = difflib.SequenceMatcher(None, tokens, [m.group() for m in new], autojunk=False)
-    changes = [op for op in matcher.get_opcodes() if op[0] != "equal"]
-    if len(changes) != 1 or changes[0][0] != "insert" or (tokens and tokens[0] in ("def", "async", "class")):
+    change = _one_token_change(edit)
+    if change is None or change[0][0] != "insert":
         return None
-    _, at, _, j1, j2 = changes[0]
+    (_, at, _, j1, j2), old, new = change
+    tokens, new_text = [m.group() for m in old], "\n".join(edit.new_lines)
+    if tokens and tokens[0] in ("def", "async", "class"):
+        return None
     opening = _unmatched_parenthesis(tokens, at - 1, -1)
     if opening is None or opening == 0 or not tokens[opening - 1].isidentifier() or iskeyword(tokens[opening - 1]):
         return None
