@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dglsp import __version__
-from dglsp.config import Settings
+from dglsp.config import DECODINGS, Settings
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -48,10 +48,11 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                           "model's own for drafts)")
     sampling.add_argument("--steps", type=int,
                           help="maximum denoising steps per canvas (default: the model's, 8 for the embedded one)")
-    sampling.add_argument("--decoding", choices=("diffusion", "verified", "speculative", "autoregressive"),
+    sampling.add_argument("--decoding", choices=DECODINGS,
                           help="diffusion: the canvas as denoised; verified: each canvas checked by the causal "
                           "encoder (exactly greedy token-by-token text); speculative: verified, each check seeding "
-                          "the next draft; autoregressive: token by token (default: the model's)")
+                          "the next draft; autoregressive: token by token; lookup: verified, drafting from the "
+                          "text already there (default: the model's)")
     sampling.add_argument("--min-confidence", type=float,
                           help="hide suggestions whose tokens the model finds less probable than this (0..1)")
     sampling.add_argument("--max-canvases", type=int, help="canvases chained per completion (default 1)")

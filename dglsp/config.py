@@ -20,7 +20,7 @@ from typing import Any, Literal
 import cattrs
 
 # The named decodings (`dglsp.model.decoding`'s registry has one entry each) and the sampler's acceptance rules.
-Decoding = Literal["diffusion", "verified", "speculative", "autoregressive"]
+Decoding = Literal["diffusion", "verified", "speculative", "autoregressive", "lookup"]
 Policy = Literal["entropy_bound", "prefix"]
 DECODINGS: tuple[str, ...] = typing.get_args(Decoding)
 POLICIES: tuple[str, ...] = typing.get_args(Policy)
@@ -41,7 +41,8 @@ class SamplerSettings:
     # diffusion: the canvas as denoised; verified: each canvas is a draft one causal encoder pass checks, keeping
     # the longest prefix its greedy predictions agree with (exactly greedy token-by-token text); speculative:
     # verified, with each check seeding the next draft and `verify_mix` as the acceptance dial; autoregressive:
-    # one encoder pass per token.
+    # one encoder pass per token; lookup: verified, drafting from the prompt and the output (what followed the
+    # last place the latest tokens occurred) instead of a canvas: greedy text, no decoder pass.
     decoding: Decoding | None = None
     # Which canvas positions a denoising step keeps: entropy_bound (DiffusionGemma's: the lowest-entropy
     # positions anywhere, within `entropy_bound`) or prefix (the longest leading run whose argmax probability is

@@ -280,11 +280,11 @@ def test_the_substitution_predictor_repeats_the_last_edit_without_a_model(bundle
     assert finished.edit is None and finished.hidden.detail == "no 'area' left to change"
 
 
-def test_the_rewrite_is_a_canvas_even_where_ghost_text_decodes_token_by_token():
+def test_the_rewrite_is_a_canvas_even_where_ghost_text_decodes_greedily():
     from dglsp.model.loading import load_engine
 
-    bundle, engine = load_engine(EngineSettings(device="cpu"))  # the embedded model: token by token by default
-    assert engine.defaults.decoding == "autoregressive"
+    bundle, engine = load_engine(EngineSettings(device="cpu"))  # the embedded model: greedy text by default
+    assert engine.defaults.decoding == "lookup"
     text, history = history_after(SOURCE, "area(w, h)", "surface(w, h)")
     settings, _ = Settings().updated({"next_edit": {"radius": 0, "predictor": "model"}, "sampler": {"seed": 0}})
     proposal = NextEditor(Completer(bundle, engine)).propose(text, text.index("surface") + 7, history.edits(URI), [],

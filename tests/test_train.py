@@ -167,7 +167,7 @@ def test_train_resumes_from_its_checkpoint_and_exports_a_loadable_model(tiny_wor
     assert meta["training"]["steps"] == 3
     # The diffusion schedule it serves with is the run's --serve-* choice.
     assert (meta["sampler"]["t_max"], meta["sampler"]["t_min"], meta["sampler"]["entropy_bound"]) == (0.3, 0.1, 2.0)
-    assert meta["sampler"]["decoding"] == "autoregressive"  # the default: the decoding that passes most
+    assert meta["sampler"]["decoding"] == "lookup"  # the default: the greedy text, in the fewest passes
     diffusion = SamplerSettings(decoding="diffusion", canvas_length=16, seed=0)
     generation = engine.generate([bundle.tokenizer.bos_token_id], engine.schedule(diffusion))
     assert generation.stats.steps > 0

@@ -10,6 +10,7 @@ import torch
 from dglsp.completion.completer import Completer
 from dglsp.completion.prompt import CursorContext, PromptBuilder
 from dglsp.config import ContextSettings, EngineSettings, SamplerSettings
+from dglsp.model.decoding import lookup_draft
 from dglsp.model.engine import Engine
 from dglsp.model.kvcache import cache_mark, rollback
 from dglsp.model.loading import load_engine
@@ -52,7 +53,7 @@ def naive_greedy(engine: Engine, prompt: list[int], budget: int) -> list[int]:
 
 
 @pytest.mark.parametrize("decoding,verify_steps", [("verified", 1), ("verified", 3), ("speculative", 1),
-                                                   ("speculative", 0)])
+                                                   ("speculative", 0), ("lookup", None)])
 def test_verified_text_is_exactly_greedy_token_by_token_text(embedded_engine, decoding, verify_steps):
     for prompt in prompts(embedded_engine, 8):
         greedy = embedded_engine.generate(prompt, embedded_engine.schedule(SamplerSettings(
@@ -75,6 +76,29 @@ def test_forward_passes_fall_by_what_the_drafts_got_accepted(embedded_engine):
     # One prefill, and per draft one denoising step plus one encoder pass that committed `accepted` tokens.
     assert stats.steps == stats.verifications and stats.encoder_passes == 1 + stats.verifications
     assert stats.accepted_tokens >= stats.verifications
+
+
+def test_lookup_drafts_what_followed_the_latest_longest_match():
+    # The last three tokens (7, 8, 9) occurred once before: what followed them is the draft.
+    assert lookup_draft([7, 8, 9, 4, 5, 6, 1, 7, 8, 9], 3) == [4, 5, 6]
+    # Of the runs ending in 9, the longest that occurred earlier wins over a later, shorter one.
+    assert lookup_draft([8, 9, 1, 2, 0, 9, 3, 8, 9], 2) == [1, 2]
+    assert lookup_draft([5, 6, 1, 5, 6, 2, 9, 5, 6], 2) == [2, 9]  # (5, 6) occurred twice: the latest counts
+    assert lookup_draft([1, 2, 3], 4) == []  # 3 never occurred before
+    assert lookup_draft([3, 3], 4) == [3]  # a repeat drafts itself
+    assert lookup_draft([], 4) == [] and lookup_draft([1], 4) == []
+
+
+def test_lookup_spends_no_decoder_pass_and_fewer_encoder_passes_than_token_by_token(embedded_engine):
+    passes = {"autoregressive": 0, "lookup": 0}
+    for prompt in prompts(embedded_engine, 8):
+        for name in passes:
+            generation = embedded_engine.generate(prompt, embedded_engine.schedule(SamplerSettings(
+                decoding=name, canvas_length=32)))
+            assert generation.stats.steps == 0
+            passes[name] += generation.stats.decoding_passes
+    # Code repeats its names: some drafts get accepted, and every accepted token saves a pass.
+    assert passes["lookup"] < passes["autoregressive"]
 
 
 def test_rollback_leaves_the_cache_as_appending_only_the_kept_tokens(narrow_window_engine_dir):

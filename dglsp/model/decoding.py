@@ -11,6 +11,9 @@
   `verify_mix` (the canvas's weight in the acceptance logits; 0 keeps the text exactly greedy). With
   `verify_steps` 0 those guesses are the draft itself (Jacobi iteration: one encoder pass a round).
 * `autoregressive` — propose nothing but the pending token; accept: one encoder pass, one token.
+* `lookup` — `verified`, whose draft is what followed the latest earlier occurrence of the last few tokens in
+  the prompt and the output (prompt lookup decoding): code repeats its names and phrases, the draft costs no
+  decoder pass, and the check keeps the text exactly greedy.
 
 Every decoding returns its stats (forward passes, steps, tokens per check) with the token ids.
 An unknown name is an error.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
@@ -55,6 +58,7 @@ class Run:
     unencoded: list[int] = field(default_factory=list)  # committed tokens the cache does not hold yet
     seed_tokens: list[int] | None = None  # a draft to start the next canvas from (speculative)
     seed_source: list[int] | None = None  # a text the canvases start from, aligned with the output (a rewrite)
+    context: list[int] = field(default_factory=list)  # the prompt's ids (lookup drafts come from them)
     last_hidden: torch.Tensor | None = None  # the encoder's state after what the cache holds (encoder scoring)
 
     def step_reporter(self) -> Callable[[int, torch.Tensor], None] | None:
@@ -143,14 +147,35 @@ def _encoder_scores(run: Run, block: list[int]) -> list[float]:
     return log_probs[torch.arange(len(block)), torch.tensor(block)].tolist()
 
 
+# Lookup drafts: the longest run of latest tokens matched (shorter runs are tried after it), and the most tokens
+# drafted. On HumanEval-Infilling's greedy texts runs of 2-4 accept the same (1.8 tokens per check), and drafts
+# past 8 tokens add almost nothing while every drafted token costs encoder work.
+LOOKUP_NGRAM = 3
+LOOKUP_TOKENS = 8
+
+DraftSource = Literal["canvas", "lookup", "none"]
+
+
+def lookup_draft(context: list[int], length: int, ngram: int = LOOKUP_NGRAM) -> list[int]:
+    """Up to `length` tokens that followed the latest earlier occurrence of the context's last n tokens, for the
+    longest n <= `ngram` that occurs; [] when even the last token does not occur earlier."""
+    for n in range(min(ngram, len(context) - 1), 0, -1):
+        tail = context[-n:]
+        for start in range(len(context) - n - 1, -1, -1):
+            if context[start:start + n] == tail:
+                return context[start + n:start + n + length]
+    return []
+
+
 class Verified:
-    """Drafts checked by the encoder (see the module docstring); `draft_steps` 0 is token-by-token decoding,
-    `speculative` seeds each draft from the last check and accepts under `schedule.verify_mix`."""
+    """Drafts checked by the encoder (see the module docstring). `draft` is where a draft comes from: a denoised
+    canvas, the text already there (`lookup_draft`), or nothing (token-by-token decoding); `speculative` seeds
+    each canvas from the last check and accepts under `schedule.verify_mix`."""
 
     needs_last_hidden = True
 
-    def __init__(self, draft_steps: bool = True, speculative: bool = False):
-        self.draft_steps, self.speculative = draft_steps, speculative
+    def __init__(self, draft: DraftSource = "canvas", speculative: bool = False):
+        self.draft, self.speculative = draft, speculative
 
     def start(self, run: Run, last_hidden: torch.Tensor | None) -> None:
         assert last_hidden is not None, "verified decoding needs the prompt's last hidden state"
@@ -173,9 +198,11 @@ class Verified:
             return True
         canvas: CanvasResult | None = None
         draft = [run.pending]
-        if self.speculative and run.schedule.verify_steps == 0 and run.seed_tokens:
+        if self.draft == "lookup":
+            draft += lookup_draft([*run.context, *run.output, run.pending], min(length - 1, LOOKUP_TOKENS))
+        elif self.speculative and run.schedule.verify_steps == 0 and run.seed_tokens:
             draft = [run.pending, *run.seed_tokens[1:length]]  # Jacobi: the last check's guesses, no decoder pass
-        elif self.draft_steps:
+        elif self.draft == "canvas":
             schedule = replace(run.schedule, canvas_length=length, max_steps=run.schedule.verify_steps or 1)
             canvas = _denoise(run, schedule, fixed=[run.pending])
             if canvas.stopped:
@@ -184,7 +211,7 @@ class Verified:
         mix = run.schedule.verify_mix if self.speculative else 0.0
         verdict = run.engine.verify(run.cache, draft, canvas.last_logits if canvas else None, mix, run.schedule.exact)
         run.stats.encoder_passes += 1
-        if self.draft_steps:
+        if self.draft != "none":
             run.stats.verifications += 1
             run.stats.accepted_tokens += len(verdict.kept)
         eos_at = next((i for i, token in enumerate(verdict.kept) if token in run.engine.eos_ids), None)
@@ -213,7 +240,8 @@ DECODINGS: dict[str, Callable[[], Decoding]] = {
     "diffusion": Diffusion,
     "verified": Verified,
     "speculative": lambda: Verified(speculative=True),
-    "autoregressive": lambda: Verified(draft_steps=False),
+    "autoregressive": lambda: Verified(draft="none"),
+    "lookup": lambda: Verified(draft="lookup"),
 }
 
 
@@ -242,7 +270,7 @@ def decode(engine: Engine, prompt_ids: list[int], schedule: Schedule, should_sto
         stats.total_ms = (time.perf_counter() - begin) * 1000
         return Generation([], False, stats)
     run = Run(engine, schedule, cache, engine.generator(schedule.seed), should_stop, on_canvas, deadline, stats,
-              seed_source=seed_ids)
+              seed_source=seed_ids, context=prompt_ids)
     decoding.start(run, last_hidden)
     while not run.finished and decoding.more(run):
         if should_stop() or not decoding.round(run):
