@@ -10,6 +10,7 @@ import torch
 from dglsp.completion.completer import Completer
 from dglsp.completion.prompt import CursorContext, PromptBuilder
 from dglsp.config import ContextSettings, EngineSettings, SamplerSettings
+from dglsp.model.backend import Generation
 from dglsp.model.decoding import lookup_draft
 from dglsp.model.engine import Engine
 from dglsp.model.kvcache import cache_mark, rollback
@@ -52,13 +53,22 @@ def naive_greedy(engine: Engine, prompt: list[int], budget: int) -> list[int]:
     return output
 
 
-@pytest.mark.parametrize("decoding,verify_steps", [("verified", 1), ("verified", 3), ("speculative", 1),
-                                                   ("speculative", 0), ("lookup", None)])
-def test_verified_text_is_exactly_greedy_token_by_token_text(embedded_engine, decoding, verify_steps):
+@pytest.fixture(scope="module")
+def greedy_texts(embedded_engine) -> list[tuple[list[int], Generation]]:
+    """8 prompts and their token-by-token generations, each checked once against the naive greedy text."""
+    texts = []
     for prompt in prompts(embedded_engine, 8):
         greedy = embedded_engine.generate(prompt, embedded_engine.schedule(SamplerSettings(
             decoding="autoregressive", canvas_length=32)))
         assert greedy.token_ids == naive_greedy(embedded_engine, prompt, 32)
+        texts.append((prompt, greedy))
+    return texts
+
+
+@pytest.mark.parametrize("decoding,verify_steps", [("verified", 1), ("verified", 3), ("speculative", 1),
+                                                   ("speculative", 0), ("lookup", None)])
+def test_verified_text_is_exactly_greedy_token_by_token_text(embedded_engine, greedy_texts, decoding, verify_steps):
+    for prompt, greedy in greedy_texts:
         verified = embedded_engine.generate(prompt, embedded_engine.schedule(SamplerSettings(
             canvas_length=32, max_steps=8, decoding=decoding, verify_steps=verify_steps, seed=0)))
         assert verified.token_ids == greedy.token_ids
