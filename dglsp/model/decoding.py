@@ -13,7 +13,8 @@
 * `autoregressive` — propose nothing but the pending token; accept: one encoder pass, one token.
 * `lookup` — `verified`, whose draft is what followed the latest earlier occurrence of the last few tokens in
   the prompt and the output (prompt lookup decoding): code repeats its names and phrases, the draft costs no
-  decoder pass, and the check keeps the text exactly greedy.
+  decoder pass, and the check keeps the text greedy (in bf16 a pass over several tokens can round a near-tie
+  differently from a pass over one).
 
 Every decoding returns its stats (forward passes, steps, tokens per check) with the token ids.
 An unknown name is an error.
