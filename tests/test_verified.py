@@ -99,12 +99,12 @@ def test_lookup_drafts_what_followed_the_latest_longest_match():
     assert lookup_draft([], 4) == [] and lookup_draft([1], 4) == []
 
 
-def test_lookup_spends_no_decoder_pass_and_fewer_encoder_passes_than_token_by_token(embedded_engine):
+def test_lookup_spends_no_decoder_pass_and_fewer_encoder_passes_than_token_by_token(embedded_engine, greedy_texts):
     passes = {"autoregressive": 0, "lookup": 0}
-    for prompt in prompts(embedded_engine, 8):
-        for name in passes:
-            generation = embedded_engine.generate(prompt, embedded_engine.schedule(SamplerSettings(
-                decoding=name, canvas_length=32)))
+    for prompt, greedy in greedy_texts:
+        lookup = embedded_engine.generate(prompt, embedded_engine.schedule(SamplerSettings(
+            decoding="lookup", canvas_length=32)))
+        for name, generation in (("autoregressive", greedy), ("lookup", lookup)):
             assert generation.stats.steps == 0
             passes[name] += generation.stats.decoding_passes
     # Code repeats its names: some drafts get accepted, and every accepted token saves a pass.
